@@ -1,0 +1,243 @@
+// Package config loads each Wrenn daemon's configuration from environment
+// variables and validates it once at start. It is the only place in Wrenn that
+// reads the environment: everything else receives a Config.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// DefaultDir is where Wrenn keeps its state when WRENN_DIR is not set.
+const DefaultDir = "/var/lib/wrenn"
+
+// Lookup returns an environment value; tests pass a map-backed one.
+type Lookup func(key string) (string, bool)
+
+// problems gathers every invalid setting so a user fixes them in one go
+// instead of one start per mistake.
+type problems []string
+
+func (p *problems) addf(format string, args ...any) { *p = append(*p, fmt.Sprintf(format, args...)) }
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return errors.New("invalid configuration:\n  - " + strings.Join(p, "\n  - "))
+}
+
+func str(env Lookup, key, def string) string {
+	if v, ok := env(key); ok && strings.TrimSpace(v) != "" {
+		return strings.TrimSpace(v)
+	}
+	return def
+}
+
+// ParseLogLevel accepts debug, info, warn and error (any case).
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "", "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("LOG_LEVEL %q is not one of debug, info, warn, error", s)
+}
+
+func checkListen(p *problems, key, v string) {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		p.addf("%s %q is not host:port (for example 127.0.0.1:8080): %v", key, v, err)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.addf("%s %q has an invalid port", key, v)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		p.addf("%s %q: host must be an IP address or localhost", key, v)
+	}
+}
+
+func checkURL(p *problems, key, v string, schemes ...string) {
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" {
+		p.addf("%s %q is not an absolute URL", key, v)
+		return
+	}
+	for _, s := range schemes {
+		if u.Scheme == s {
+			return
+		}
+	}
+	p.addf("%s %q must use one of the schemes %s", key, v, strings.Join(schemes, ", "))
+}
+
+func checkDir(p *problems, key, v string) {
+	if !filepath.IsAbs(v) {
+		p.addf("%s %q must be an absolute path", key, v)
+	}
+}
+
+// ControlPlane is the configuration of wrenn-cp.
+type ControlPlane struct {
+	// Dir holds logs and other local state (WRENN_DIR).
+	Dir string
+	// Listen is the API's listen address (WRENN_CP_LISTEN).
+	Listen string
+	// PublicURL is how users reach the API (WRENN_PUBLIC_URL); it defaults to
+	// http:// plus Listen.
+	PublicURL   string
+	DatabaseURL string
+	RedisURL    string
+	LogLevel    slog.Level
+	// BootstrapAPIKey, when set, makes the control plane create an admin
+	// user, a team and this API key on a database with no users, so a fresh
+	// stack is usable without a signup step (WRENN_BOOTSTRAP_API_KEY).
+	BootstrapAPIKey string
+	// BootstrapAdminEmail names that admin (WRENN_BOOTSTRAP_ADMIN_EMAIL).
+	BootstrapAdminEmail string
+}
+
+// LoadControlPlane reads and validates the control plane's configuration.
+func LoadControlPlane(env Lookup) (ControlPlane, error) {
+	var p problems
+	c := ControlPlane{
+		Dir:                 str(env, "WRENN_DIR", DefaultDir),
+		Listen:              str(env, "WRENN_CP_LISTEN", "127.0.0.1:8080"),
+		DatabaseURL:         str(env, "DATABASE_URL", ""),
+		RedisURL:            str(env, "REDIS_URL", ""),
+		BootstrapAPIKey:     str(env, "WRENN_BOOTSTRAP_API_KEY", ""),
+		BootstrapAdminEmail: str(env, "WRENN_BOOTSTRAP_ADMIN_EMAIL", "admin@localhost"),
+	}
+	c.PublicURL = str(env, "WRENN_PUBLIC_URL", "http://"+c.Listen)
+	checkDir(&p, "WRENN_DIR", c.Dir)
+	checkListen(&p, "WRENN_CP_LISTEN", c.Listen)
+	checkURL(&p, "WRENN_PUBLIC_URL", c.PublicURL, "http", "https")
+	if c.DatabaseURL == "" {
+		p.addf("DATABASE_URL is required (for example postgres://wrenn:secret@127.0.0.1:5432/wrenn)")
+	} else {
+		checkURL(&p, "DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
+	}
+	if c.RedisURL == "" {
+		p.addf("REDIS_URL is required (for example redis://127.0.0.1:6379/0)")
+	} else {
+		checkURL(&p, "REDIS_URL", c.RedisURL, "redis", "rediss")
+	}
+	if c.BootstrapAPIKey != "" && !ValidAPIKey(c.BootstrapAPIKey) {
+		p.addf("WRENN_BOOTSTRAP_API_KEY must be wrn_ followed by 32 lowercase hex characters")
+	}
+	lvl, err := ParseLogLevel(str(env, "LOG_LEVEL", "info"))
+	if err != nil {
+		p.addf("%v", err)
+	}
+	c.LogLevel = lvl
+	return c, p.err()
+}
+
+// ValidAPIKey reports whether s has the shape of a Wrenn API key.
+func ValidAPIKey(s string) bool {
+	const prefix = "wrn_"
+	if len(s) != len(prefix)+32 || !strings.HasPrefix(s, prefix) {
+		return false
+	}
+	for _, r := range s[len(prefix):] {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Agent is the configuration of wrenn-agent.
+type Agent struct {
+	// Dir holds images, sandboxes, logs and credentials (WRENN_DIR).
+	Dir string
+	// Listen is the agent RPC listen address (WRENN_AGENT_LISTEN).
+	Listen string
+	// AdvertiseURL is how the control plane reaches this agent
+	// (WRENN_AGENT_ADVERTISE_URL); it defaults to http:// plus Listen.
+	AdvertiseURL string
+	// ControlPlaneURL is the control plane's base URL (WRENN_CP_URL).
+	ControlPlaneURL string
+	// RegistrationToken is the one-time token an admin got for this host
+	// (WRENN_REGISTRATION_TOKEN). It is needed only until the agent has
+	// stored its own credentials under Dir.
+	RegistrationToken string
+	// Runtime is auto, runc, runsc, qemu or firecracker (WRENN_RUNTIME).
+	Runtime string
+	// DefaultDiskMB is each sandbox's writable disk when a create names none
+	// (WRENN_DEFAULT_ROOTFS_SIZE, e.g. 5G, 2Gi, 1000M, 512Mi).
+	DefaultDiskMB uint64
+	// SandboxCIDR is the address range sandbox links are cut from
+	// (WRENN_SANDBOX_CIDR).
+	SandboxCIDR *net.IPNet
+	LogLevel    slog.Level
+}
+
+// Runtimes lists the values WRENN_RUNTIME accepts.
+var Runtimes = []string{"auto", "runc", "runsc", "qemu", "firecracker"}
+
+// LoadAgent reads and validates the host agent's configuration.
+func LoadAgent(env Lookup) (Agent, error) {
+	var p problems
+	c := Agent{
+		Dir:               str(env, "WRENN_DIR", DefaultDir),
+		Listen:            str(env, "WRENN_AGENT_LISTEN", "127.0.0.1:9090"),
+		ControlPlaneURL:   str(env, "WRENN_CP_URL", ""),
+		RegistrationToken: str(env, "WRENN_REGISTRATION_TOKEN", ""),
+		Runtime:           strings.ToLower(str(env, "WRENN_RUNTIME", "auto")),
+	}
+	c.AdvertiseURL = str(env, "WRENN_AGENT_ADVERTISE_URL", "http://"+c.Listen)
+	checkDir(&p, "WRENN_DIR", c.Dir)
+	checkListen(&p, "WRENN_AGENT_LISTEN", c.Listen)
+	checkURL(&p, "WRENN_AGENT_ADVERTISE_URL", c.AdvertiseURL, "http", "https")
+	if c.ControlPlaneURL == "" {
+		p.addf("WRENN_CP_URL is required (for example http://127.0.0.1:8080)")
+	} else {
+		checkURL(&p, "WRENN_CP_URL", c.ControlPlaneURL, "http", "https")
+	}
+	known := false
+	for _, r := range Runtimes {
+		known = known || r == c.Runtime
+	}
+	if !known {
+		p.addf("WRENN_RUNTIME %q is not one of %s", c.Runtime, strings.Join(Runtimes, ", "))
+	}
+	size := str(env, "WRENN_DEFAULT_ROOTFS_SIZE", "5Gi")
+	if b, err := ParseSize(size); err != nil {
+		p.addf("WRENN_DEFAULT_ROOTFS_SIZE: %v", err)
+	} else if b < 64<<20 {
+		p.addf("WRENN_DEFAULT_ROOTFS_SIZE %q is below the 64Mi minimum", size)
+	} else {
+		c.DefaultDiskMB = b >> 20
+	}
+	cidr := str(env, "WRENN_SANDBOX_CIDR", "10.88.0.0/16")
+	if _, n, err := net.ParseCIDR(cidr); err != nil || n.IP.To4() == nil {
+		p.addf("WRENN_SANDBOX_CIDR %q is not an IPv4 CIDR such as 10.88.0.0/16", cidr)
+	} else if ones, _ := n.Mask.Size(); ones > 24 {
+		p.addf("WRENN_SANDBOX_CIDR %q is too small: use a /24 or larger (each sandbox takes a /30)", cidr)
+	} else {
+		c.SandboxCIDR = n
+	}
+	lvl, err := ParseLogLevel(str(env, "LOG_LEVEL", "info"))
+	if err != nil {
+		p.addf("%v", err)
+	}
+	c.LogLevel = lvl
+	return c, p.err()
+}
+
+// Env is the process environment as a Lookup.
+func Env() Lookup { return os.LookupEnv }
