@@ -1,0 +1,446 @@
+// Package oci runs Wrenn sandboxes as OCI containers through a runc-compatible
+// binary: runc today, gVisor's runsc with a few extra arguments (see Config).
+// The driver writes an OCI bundle per sandbox, drives the binary's
+// create/start/pause/resume/kill/delete commands against a state root of its
+// own, and reads resource use straight from the sandbox's cgroup.
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/runtime"
+	"github.com/wrenn/wrenn/internal/runtime/cgroups"
+)
+
+// Defaults for Config fields left empty.
+const (
+	DefaultBinary       = "runc"
+	DefaultCgroupParent = "/wrenn"
+	DefaultStopTimeout  = 10 * time.Second
+)
+
+// Config configures a Driver. Only Binary and Root matter in production; the
+// rest exists for runsc and for tests.
+//
+// runsc needs, on Debian's 2022 build: Binary "runsc", GlobalArgs
+// ["--platform=ptrace"], and Wrap set to the private-mount-namespace
+// workaround of RUNTIME-NOTES.md (["unshare", "-m", "--propagation",
+// "private", "sh", "-c", "mount -t tmpfs -o size=4k,ro hide /proc/sys/net &&
+// exec \"$@\"", "sh"]), plus a pids limit of at least 128 on top of the
+// workload's.
+type Config struct {
+	// Binary is the runtime executable, a name looked up in PATH or a path.
+	Binary string
+	// Name is what Driver.Name reports; the base name of Binary if empty.
+	Name string
+	// Root is the runtime's state directory (--root), e.g. /run/wrenn/runc.
+	// Every container under it belongs to this driver: List reports them
+	// all. Defaults to /run/wrenn/<Name>.
+	Root string
+	// GlobalArgs are flags placed before every subcommand.
+	GlobalArgs []string
+	// Wrap is an argv prefix every command runs under.
+	Wrap []string
+	// CgroupParent is the cgroup under which each sandbox gets <parent>/<id>.
+	CgroupParent string
+	// Cgroups is the host's cgroup layout; detected from /sys/fs/cgroup when nil.
+	Cgroups *cgroups.FS
+	// Runner runs the commands; real child processes when nil.
+	Runner Runner
+	// StopTimeout bounds how long Destroy waits for a killed sandbox to stop.
+	StopTimeout time.Duration
+	// Logger receives one debug line per command and info on create/destroy.
+	Logger *slog.Logger
+}
+
+// Driver is a runtime.Runtime over an OCI runtime binary.
+type Driver struct {
+	cfg    Config
+	cg     *cgroups.FS
+	run    Runner
+	log    *slog.Logger
+	prefix []string // argv up to the subcommand
+}
+
+var _ runtime.Runtime = (*Driver)(nil)
+
+// New builds a Driver. It does not check that the binary works; call
+// Available first for a clear ErrUnavailable.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Binary == "" {
+		cfg.Binary = DefaultBinary
+	}
+	if cfg.Name == "" {
+		cfg.Name = filepath.Base(cfg.Binary)
+	}
+	if cfg.Root == "" {
+		cfg.Root = filepath.Join("/run/wrenn", cfg.Name)
+	}
+	if !filepath.IsAbs(cfg.Root) {
+		return nil, fmt.Errorf("%s state root %q is not an absolute path", cfg.Name, cfg.Root)
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = DefaultCgroupParent
+	}
+	if !strings.HasPrefix(cfg.CgroupParent, "/") {
+		return nil, fmt.Errorf("cgroup parent %q must start with /", cfg.CgroupParent)
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = DefaultStopTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	d := &Driver{cfg: cfg, cg: cfg.Cgroups, run: cfg.Runner, log: cfg.Logger.With("runtime", cfg.Name)}
+	if d.run == nil {
+		d.run = ExecRunner{}
+	}
+	if d.cg == nil {
+		cg, err := cgroups.Open(cgroups.DefaultRoot)
+		if err != nil {
+			return nil, fmt.Errorf("%w: detect cgroups: %w", runtime.ErrUnavailable, err)
+		}
+		d.cg = cg
+	}
+	d.prefix = append(slices.Clone(cfg.Wrap), cfg.Binary, "--root", cfg.Root)
+	d.prefix = append(d.prefix, cfg.GlobalArgs...)
+	return d, nil
+}
+
+// Available reports whether binary can run here: found and answering
+// --version. The error wraps runtime.ErrUnavailable and says what to install.
+func Available(binary string) error {
+	path, err := exec.LookPath(binary)
+	if err != nil {
+		return fmt.Errorf("%w: %s not found (install the Debian package %q or set WRENN_RUNTIME to another runtime): %w",
+			runtime.ErrUnavailable, binary, filepath.Base(binary), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, path, "--version").CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s --version failed: %w: %s", runtime.ErrUnavailable, path, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Name implements runtime.Runtime.
+func (d *Driver) Name() string { return d.cfg.Name }
+
+// Root is the runtime's state directory, where a sandbox that exists has a
+// directory of its id (runc's layout).
+func (d *Driver) Root() string { return d.cfg.Root }
+
+// CgroupPath is the sandbox's cgroup path in every hierarchy.
+func (d *Driver) CgroupPath(id string) string { return cgroupPath(d.cfg.CgroupParent, id) }
+
+// Cgroups is the host cgroup layout the driver reads and cleans.
+func (d *Driver) Cgroups() *cgroups.FS { return d.cg }
+
+// validID keeps ids to what runc accepts and what is safe as a path element
+// (cgroup and state directories are named after it).
+var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+func checkID(id string) error {
+	if !validID.MatchString(id) {
+		return fmt.Errorf("invalid sandbox id %q: want letters, digits, '.', '_' or '-'", id)
+	}
+	return nil
+}
+
+// exec runs one subcommand and logs it.
+func (d *Driver) exec(ctx context.Context, id, outputFile string, args ...string) ([]byte, error) {
+	argv := append(slices.Clone(d.prefix), args...)
+	start := time.Now()
+	out, err := d.run.Run(ctx, Cmd{Args: argv, OutputFile: outputFile})
+	d.log.LogAttrs(ctx, slog.LevelDebug, "runtime command",
+		slog.String("sandbox_id", id), slog.Any("args", args),
+		slog.Duration("took", time.Since(start)), slog.Bool("ok", err == nil))
+	return out, err
+}
+
+// bundleFiles are the files Create keeps in spec.StateDir.
+const (
+	configFile  = "config.json"
+	runtimeLog  = "runtime.log" // the runtime's own log, JSON lines
+	initLog     = "init.log"    // the init's stdout and stderr
+	pidFileName = "init.pid"
+)
+
+// Create implements runtime.Runtime: bundle, create, start, and a check that
+// the init is running. On any failure it kills and deletes what it made, so
+// the runtime and the cgroups hold nothing of the sandbox.
+func (d *Driver) Create(ctx context.Context, s runtime.Spec) (err error) {
+	if err := checkID(s.ID); err != nil {
+		return err
+	}
+	if s.StateDir == "" || !filepath.IsAbs(s.StateDir) {
+		return fmt.Errorf("create sandbox %s: state directory %q is not an absolute path", s.ID, s.StateDir)
+	}
+	if fi, err := os.Stat(s.RootFS); err != nil {
+		return fmt.Errorf("create sandbox %s: root filesystem: %w", s.ID, err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("create sandbox %s: root filesystem %s is not a directory", s.ID, s.RootFS)
+	}
+	// An id the runtime already has must not reach the failure cleanup
+	// below, which would destroy the running sandbox.
+	if _, err := d.state(ctx, s.ID); err == nil {
+		return fmt.Errorf("create sandbox %s: it already exists in %s", s.ID, d.cfg.Name)
+	} else if !errors.Is(err, runtime.ErrNotFound) {
+		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
+	}
+	spec, err := buildSpec(s, d.cfg.CgroupParent)
+	if err != nil {
+		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
+	}
+	data, err := json.MarshalIndent(spec, "", "\t")
+	if err != nil {
+		return fmt.Errorf("create sandbox %s: encode OCI config: %w", s.ID, err)
+	}
+	if err := os.WriteFile(filepath.Join(s.StateDir, configFile), data, 0o600); err != nil {
+		return fmt.Errorf("create sandbox %s: write OCI config: %w", s.ID, err)
+	}
+
+	start := time.Now()
+	logPath := filepath.Join(s.StateDir, runtimeLog)
+	logArgs := []string{"--log", logPath, "--log-format", "json"}
+	defer func() {
+		if err == nil {
+			return
+		}
+		// The caller's context may be what failed; clean up regardless.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.StopTimeout+20*time.Second)
+		defer cancel()
+		if cerr := d.Destroy(cctx, s.ID); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up failed sandbox %s: %w", s.ID, cerr))
+		}
+	}()
+
+	args := append(slices.Clone(logArgs), "create", "--bundle", s.StateDir,
+		"--pid-file", filepath.Join(s.StateDir, pidFileName), s.ID)
+	if _, err := d.exec(ctx, s.ID, filepath.Join(s.StateDir, initLog), args...); err != nil {
+		return fmt.Errorf("create sandbox %s: %w", s.ID, withLog(err, logPath))
+	}
+	if _, err := d.exec(ctx, s.ID, "", append(slices.Clone(logArgs), "start", s.ID)...); err != nil {
+		return fmt.Errorf("start sandbox %s: %w", s.ID, withLog(err, logPath))
+	}
+	st, err := d.state(ctx, s.ID)
+	if err != nil {
+		return fmt.Errorf("start sandbox %s: %w", s.ID, err)
+	}
+	if st.Status != "running" {
+		return fmt.Errorf("start sandbox %s: init is %s right after start (its output is in %s)",
+			s.ID, st.Status, filepath.Join(s.StateDir, initLog))
+	}
+	d.log.LogAttrs(ctx, slog.LevelInfo, "sandbox created", slog.String("sandbox_id", s.ID),
+		slog.Int("pid", st.Pid), slog.Duration("took", time.Since(start)))
+	return nil
+}
+
+// withLog adds the runtime's last logged error (runc writes its reasons to
+// --log, not to the stderr we keep for create) to err.
+func withLog(err error, logPath string) error {
+	b, rerr := os.ReadFile(logPath)
+	if rerr != nil {
+		return err
+	}
+	var last string
+	for _, line := range strings.Split(string(b), "\n") {
+		var entry struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && (entry.Level == "error" || entry.Level == "fatal") {
+			last = entry.Msg
+		}
+	}
+	if last == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", last, err)
+}
+
+// containerState is the part of `runc state` output the driver reads.
+type containerState struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+}
+
+// state runs `state <id>`; ErrNotFound when the runtime does not list id.
+func (d *Driver) state(ctx context.Context, id string) (containerState, error) {
+	out, err := d.exec(ctx, id, "", "state", id)
+	if err != nil {
+		return containerState{}, d.notFoundOr(ctx, id, fmt.Errorf("query state: %w", err))
+	}
+	var st containerState
+	if err := json.Unmarshal(out, &st); err != nil {
+		return containerState{}, fmt.Errorf("parse state of %s: %w", id, err)
+	}
+	return st, nil
+}
+
+// notFoundOr tells a failed command on an id the runtime does not have
+// (ErrNotFound) from a real failure (err), by listing rather than by reading
+// the binary's error text.
+func (d *Driver) notFoundOr(ctx context.Context, id string, err error) error {
+	ids, lerr := d.List(ctx)
+	if lerr != nil {
+		return errors.Join(err, lerr)
+	}
+	if !slices.Contains(ids, id) {
+		return fmt.Errorf("sandbox %s: %w", id, runtime.ErrNotFound)
+	}
+	return err
+}
+
+// State implements runtime.Runtime. A container that was created but never
+// started (an agent that died mid-Create) reports StateStopped: its init
+// never ran and only Destroy applies.
+func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
+	if err := checkID(id); err != nil {
+		return "", err
+	}
+	st, err := d.state(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	switch st.Status {
+	case "running":
+		return runtime.StateRunning, nil
+	case "paused", "pausing":
+		return runtime.StatePaused, nil
+	case "stopped", "created":
+		return runtime.StateStopped, nil
+	}
+	return "", fmt.Errorf("sandbox %s: unknown runtime status %q", id, st.Status)
+}
+
+// Pause implements runtime.Runtime with the cgroup freezer.
+func (d *Driver) Pause(ctx context.Context, id string) error {
+	return d.simple(ctx, id, "pause")
+}
+
+// Resume implements runtime.Runtime.
+func (d *Driver) Resume(ctx context.Context, id string) error {
+	return d.simple(ctx, id, "resume")
+}
+
+func (d *Driver) simple(ctx context.Context, id, verb string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if _, err := d.exec(ctx, id, "", verb, id); err != nil {
+		return d.notFoundOr(ctx, id, fmt.Errorf("%s sandbox %s: %w", verb, id, err))
+	}
+	return nil
+}
+
+// Destroy implements runtime.Runtime: SIGKILL to every process (thawing a
+// paused sandbox so they can die), wait until stopped, delete, then remove
+// whatever cgroup directories of the id remain in any hierarchy. Unknown ids
+// still get the cgroup sweep, so leftovers of a crashed agent go too.
+func (d *Driver) Destroy(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	start := time.Now()
+	st, err := d.state(ctx, id)
+	existed := err == nil
+	switch {
+	case errors.Is(err, runtime.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("destroy sandbox %s: %w", id, err)
+	default:
+		if st.Status != "stopped" {
+			// A failure here usually means it stopped meanwhile; the wait
+			// below decides.
+			if _, kerr := d.exec(ctx, id, "", "kill", "--all", id, "KILL"); kerr != nil {
+				d.log.LogAttrs(ctx, slog.LevelDebug, "kill failed", slog.String("sandbox_id", id), slog.Any("error", kerr))
+			}
+			if err := d.waitStopped(ctx, id); err != nil {
+				return fmt.Errorf("destroy sandbox %s: %w", id, err)
+			}
+		}
+		if _, err := d.exec(ctx, id, "", "delete", "--force", id); err != nil {
+			if nerr := d.notFoundOr(ctx, id, err); !errors.Is(nerr, runtime.ErrNotFound) {
+				return fmt.Errorf("destroy sandbox %s: %w", id, nerr)
+			}
+		}
+	}
+	if err := d.cg.Remove(d.CgroupPath(id)); err != nil {
+		return fmt.Errorf("destroy sandbox %s: %w", id, err)
+	}
+	if existed {
+		d.log.LogAttrs(ctx, slog.LevelInfo, "sandbox destroyed", slog.String("sandbox_id", id),
+			slog.Duration("took", time.Since(start)))
+	}
+	return nil
+}
+
+// waitStopped polls until the sandbox's init is gone.
+func (d *Driver) waitStopped(ctx context.Context, id string) error {
+	deadline := time.Now().Add(d.cfg.StopTimeout)
+	for {
+		st, err := d.state(ctx, id)
+		if errors.Is(err, runtime.ErrNotFound) || (err == nil && st.Status == "stopped") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("not stopped %s after SIGKILL: %w", d.cfg.StopTimeout, err)
+			}
+			return fmt.Errorf("still %s %s after SIGKILL", st.Status, d.cfg.StopTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for stop: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Stats implements runtime.Runtime from the sandbox's cgroup files.
+func (d *Driver) Stats(ctx context.Context, id string) (runtime.Stats, error) {
+	if err := checkID(id); err != nil {
+		return runtime.Stats{}, err
+	}
+	st, err := d.cg.Stats(d.CgroupPath(id))
+	if errors.Is(err, cgroups.ErrNotExist) {
+		return runtime.Stats{}, fmt.Errorf("stats of sandbox %s: %w", id, runtime.ErrNotFound)
+	}
+	if err != nil {
+		return runtime.Stats{}, fmt.Errorf("stats of sandbox %s: %w", id, err)
+	}
+	return runtime.Stats{CPUUsage: st.CPUUsage, MemoryBytes: st.MemoryBytes, Pids: st.Pids}, nil
+}
+
+// List implements runtime.Runtime: every container under the driver's state
+// root, sorted.
+func (d *Driver) List(ctx context.Context) ([]string, error) {
+	out, err := d.exec(ctx, "", "", "list", "--format", "json")
+	if err != nil {
+		return nil, fmt.Errorf("list %s containers: %w", d.cfg.Name, err)
+	}
+	var cs []containerState // runc prints null when there are none
+	if err := json.Unmarshal(out, &cs); err != nil {
+		return nil, fmt.Errorf("parse %s container list: %w", d.cfg.Name, err)
+	}
+	ids := make([]string, 0, len(cs))
+	for _, c := range cs {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}

@@ -1,0 +1,230 @@
+package oci
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/wrenn/wrenn/internal/runtime"
+)
+
+// The subset of the OCI runtime specification (config.json, version 1.0.2
+// as runc 1.1 speaks it) that a Wrenn sandbox uses. Written here rather than
+// imported so the bundle the driver writes is exactly what this file says.
+
+type ociSpec struct {
+	Version  string   `json:"ociVersion"`
+	Process  ociProc  `json:"process"`
+	Root     ociRoot  `json:"root"`
+	Hostname string   `json:"hostname,omitempty"`
+	Mounts   []ociMnt `json:"mounts"`
+	Linux    ociLinux `json:"linux"`
+}
+
+type ociProc struct {
+	Terminal        bool        `json:"terminal"`
+	User            ociUser     `json:"user"`
+	Args            []string    `json:"args"`
+	Env             []string    `json:"env"`
+	Cwd             string      `json:"cwd"`
+	Capabilities    ociCaps     `json:"capabilities"`
+	Rlimits         []ociRlimit `json:"rlimits"`
+	NoNewPrivileges bool        `json:"noNewPrivileges"`
+}
+
+type ociUser struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+type ociCaps struct {
+	Bounding    []string `json:"bounding"`
+	Effective   []string `json:"effective"`
+	Permitted   []string `json:"permitted"`
+	Inheritable []string `json:"inheritable"`
+	Ambient     []string `json:"ambient"`
+}
+
+type ociRlimit struct {
+	Type string `json:"type"`
+	Hard uint64 `json:"hard"`
+	Soft uint64 `json:"soft"`
+}
+
+type ociRoot struct {
+	Path     string `json:"path"`
+	Readonly bool   `json:"readonly"`
+}
+
+type ociMnt struct {
+	Destination string   `json:"destination"`
+	Type        string   `json:"type"`
+	Source      string   `json:"source"`
+	Options     []string `json:"options,omitempty"`
+}
+
+type ociLinux struct {
+	Namespaces    []ociNS      `json:"namespaces"`
+	CgroupsPath   string       `json:"cgroupsPath"`
+	Resources     ociResources `json:"resources"`
+	MaskedPaths   []string     `json:"maskedPaths"`
+	ReadonlyPaths []string     `json:"readonlyPaths"`
+}
+
+type ociNS struct {
+	Type string `json:"type"`
+	Path string `json:"path,omitempty"`
+}
+
+type ociResources struct {
+	Devices []ociDeviceRule `json:"devices"`
+	Memory  *ociMemory      `json:"memory,omitempty"`
+	CPU     *ociCPU         `json:"cpu,omitempty"`
+	Pids    *ociPids        `json:"pids,omitempty"`
+}
+
+type ociDeviceRule struct {
+	Allow  bool   `json:"allow"`
+	Access string `json:"access"`
+}
+
+type ociMemory struct {
+	Limit int64 `json:"limit"`
+	Swap  int64 `json:"swap"`
+}
+
+type ociCPU struct {
+	Quota  int64  `json:"quota"`
+	Period uint64 `json:"period"`
+}
+
+type ociPids struct {
+	Limit int64 `json:"limit"`
+}
+
+// Capabilities are the sandbox init's capabilities: Docker's default set.
+// Root inside keeps what installing packages, sudo, chown and binding low
+// ports need, but not SYS_ADMIN (mounts, namespaces), NET_ADMIN (routes,
+// firewall of the sandbox's own namespace), SYS_MODULE, SYS_PTRACE, SYS_TIME
+// and the like, which reach the shared kernel.
+var Capabilities = []string{
+	"CAP_AUDIT_WRITE",
+	"CAP_CHOWN",
+	"CAP_DAC_OVERRIDE",
+	"CAP_FOWNER",
+	"CAP_FSETID",
+	"CAP_KILL",
+	"CAP_MKNOD",
+	"CAP_NET_BIND_SERVICE",
+	"CAP_NET_RAW",
+	"CAP_SETFCAP",
+	"CAP_SETGID",
+	"CAP_SETPCAP",
+	"CAP_SETUID",
+	"CAP_SYS_CHROOT",
+}
+
+// maskedPaths and readonlyPaths are runc's defaults: kernel interfaces that
+// leak host information or let root inside change the host.
+var (
+	maskedPaths = []string{
+		"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+		"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+	}
+	readonlyPaths = []string{
+		"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+	}
+)
+
+// defaultPath is the init's PATH when the spec's Env sets none; runc
+// resolves a relative Args[0] with it.
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+const (
+	cpuPeriod = 100000 // µs; the quota is VCPUs whole periods
+	nofile    = 1048576
+)
+
+// cgroupPath is the sandbox's cgroup in every hierarchy. runc's cgroupfs
+// driver creates it and removes the leaf on delete; the parent stays.
+func cgroupPath(parent, id string) string {
+	return strings.TrimSuffix(parent, "/") + "/" + id
+}
+
+// buildSpec turns a runtime.Spec into the bundle's config.json.
+func buildSpec(s runtime.Spec, cgroupParent string) (ociSpec, error) {
+	if len(s.Args) == 0 {
+		return ociSpec{}, fmt.Errorf("sandbox %s has no init command", s.ID)
+	}
+	env := slices.Clone(s.Env)
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+		env = append(env, defaultPath)
+	}
+	hostname := s.Hostname
+	if hostname == "" {
+		hostname = s.ID
+	}
+	caps := slices.Clone(Capabilities)
+	spec := ociSpec{
+		Version: "1.0.2",
+		Process: ociProc{
+			Terminal: false,
+			User:     ociUser{UID: 0, GID: 0},
+			Args:     slices.Clone(s.Args),
+			Env:      env,
+			Cwd:      "/",
+			Capabilities: ociCaps{
+				Bounding:    caps,
+				Effective:   caps,
+				Permitted:   caps,
+				Inheritable: []string{},
+				Ambient:     []string{},
+			},
+			Rlimits: []ociRlimit{{Type: "RLIMIT_NOFILE", Hard: nofile, Soft: nofile}},
+			// sudo inside must be able to gain root from wrenn-user.
+			NoNewPrivileges: false,
+		},
+		Root:     ociRoot{Path: s.RootFS, Readonly: false},
+		Hostname: hostname,
+		Mounts: []ociMnt{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			// ptmxmode=0666: without it /dev/pts/ptmx is mode 000 and envd
+			// cannot open PTYs with these capabilities.
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		},
+		Linux: ociLinux{
+			Namespaces: []ociNS{
+				{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"},
+				// An empty path gives the sandbox a fresh namespace with only
+				// loopback; the agent always passes a wired one.
+				{Type: "network", Path: s.NetNSPath},
+			},
+			CgroupsPath: cgroupPath(cgroupParent, s.ID),
+			Resources: ociResources{
+				// Deny every device node; runc adds its default allow list
+				// (null, zero, full, random, urandom, tty, ptmx, pts) and
+				// creates those nodes in /dev.
+				Devices: []ociDeviceRule{{Allow: false, Access: "rwm"}},
+			},
+			MaskedPaths:   slices.Clone(maskedPaths),
+			ReadonlyPaths: slices.Clone(readonlyPaths),
+		},
+	}
+	if s.MemoryMB > 0 {
+		// Swap is memory+swap on v1 (runc converts it for v2): equal to the
+		// limit means no swap.
+		limit := int64(s.MemoryMB) * 1024 * 1024
+		spec.Linux.Resources.Memory = &ociMemory{Limit: limit, Swap: limit}
+	}
+	if s.VCPUs > 0 {
+		spec.Linux.Resources.CPU = &ociCPU{Quota: int64(s.VCPUs) * cpuPeriod, Period: cpuPeriod}
+	}
+	if s.Pids > 0 {
+		spec.Linux.Resources.Pids = &ociPids{Limit: s.Pids}
+	}
+	return spec, nil
+}
