@@ -1,0 +1,73 @@
+// Command envd is the daemon inside every sandbox: it runs processes and
+// serves the envd protocol of E2B's SDKs on one port (default 49983).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/wrenn/wrenn/internal/envd"
+	"github.com/wrenn/wrenn/internal/envd/process"
+	"github.com/wrenn/wrenn/internal/envd/server"
+	"github.com/wrenn/wrenn/pkg/config"
+)
+
+// childOOMScoreAdj makes the kernel's OOM killer pick a runaway command
+// before envd (which sets itself to -1000).
+const childOOMScoreAdj = 100
+
+func main() {
+	port := flag.Int("port", envd.DefaultPort, "TCP port to serve on")
+	logLevel := flag.String("log-level", "info", "log level: debug, info, warn or error")
+	version := flag.Bool("version", false, "print the envd version and exit")
+	flag.Parse()
+	if *version {
+		fmt.Println(envd.Version)
+		return
+	}
+	level, err := config.ParseLogLevel(*logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "envd:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, log, *port); err != nil {
+		log.Error("envd failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, port int) error {
+	if port <= 0 || port > 65535 {
+		return fmt.Errorf("--port %d is not a TCP port", port)
+	}
+	// envd must survive memory pressure inside the sandbox; without the
+	// privilege to do so it still works.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil && !errors.Is(err, os.ErrPermission) {
+		log.Debug("protect envd from the OOM killer", "error", err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("listen on port %d: %w", port, err)
+	}
+	adj := childOOMScoreAdj
+	srv := server.New(server.Options{
+		Logger:  log,
+		BaseEnv: os.Environ(),
+		Process: process.Options{OOMScoreAdj: &adj},
+	})
+	log.Info("envd serving", "addr", ln.Addr().String(), "version", envd.Version)
+	err = srv.Serve(ctx, ln)
+	log.Info("envd stopped")
+	return err
+}
