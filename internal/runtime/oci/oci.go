@@ -72,6 +72,7 @@ type Driver struct {
 	run    Runner
 	log    *slog.Logger
 	prefix []string // argv up to the subcommand
+	nofile uint64   // RLIMIT_NOFILE of every sandbox
 }
 
 var _ runtime.Runtime = (*Driver)(nil)
@@ -113,6 +114,10 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("%w: detect cgroups: %w", runtime.ErrUnavailable, err)
 		}
 		d.cg = cg
+	}
+	if d.nofile = grantableNofile(DefaultNofile); d.nofile < DefaultNofile {
+		d.log.Warn("this process cannot raise RLIMIT_NOFILE (no CAP_SYS_RESOURCE); sandboxes get the agent's hard limit",
+			"nofile", d.nofile, "wanted", DefaultNofile)
 	}
 	d.prefix = append(slices.Clone(cfg.Wrap), cfg.Binary, "--root", cfg.Root)
 	d.prefix = append(d.prefix, cfg.GlobalArgs...)
@@ -200,7 +205,7 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (err error) {
 	} else if !errors.Is(err, runtime.ErrNotFound) {
 		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
 	}
-	spec, err := buildSpec(s, d.cfg.CgroupParent)
+	spec, err := buildSpec(s, d.cfg.CgroupParent, d.nofile)
 	if err != nil {
 		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
 	}

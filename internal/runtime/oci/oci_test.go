@@ -187,7 +187,7 @@ func TestBuildSpec(t *testing.T) {
 		ID: "sb-1", StateDir: "/state", RootFS: "/rootfs", NetNSPath: "/var/run/netns/n1",
 		Hostname: "h", Args: []string{"/init", "x"}, Env: []string{"A=1"}, VCPUs: 2, MemoryMB: 512, Pids: 100,
 	}
-	spec, err := buildSpec(s, "/wrenn")
+	spec, err := buildSpec(s, "/wrenn", DefaultNofile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +309,7 @@ func TestBuildSpecDefaults(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			s, err := buildSpec(tt.spec, "/wrenn/")
+			s, err := buildSpec(tt.spec, "/wrenn/", DefaultNofile)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err %v, wantErr %v", err, tt.wantErr)
 			}

@@ -142,7 +142,8 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 
 const (
 	cpuPeriod = 100000 // µs; the quota is VCPUs whole periods
-	nofile    = 1048576
+	// DefaultNofile is the sandbox's open-file limit where the host allows it.
+	DefaultNofile = 1048576
 )
 
 // cgroupPath is the sandbox's cgroup in every hierarchy. runc's cgroupfs
@@ -151,8 +152,9 @@ func cgroupPath(parent, id string) string {
 	return strings.TrimSuffix(parent, "/") + "/" + id
 }
 
-// buildSpec turns a runtime.Spec into the bundle's config.json.
-func buildSpec(s runtime.Spec, cgroupParent string) (ociSpec, error) {
+// buildSpec turns a runtime.Spec into the bundle's config.json; nofile is
+// the sandbox's RLIMIT_NOFILE.
+func buildSpec(s runtime.Spec, cgroupParent string, nofile uint64) (ociSpec, error) {
 	if len(s.Args) == 0 {
 		return ociSpec{}, fmt.Errorf("sandbox %s has no init command", s.ID)
 	}

@@ -1,0 +1,510 @@
+// Package runtimetest is the conformance suite every runtime.Runtime driver
+// runs: lifecycle (create, pause, resume, destroy), resource limits, failure
+// cleanup, idempotence and concurrency, against a real runtime. A driver's
+// own test calls Run with a constructor; the suite builds busybox root
+// filesystems whose init scripts report through files the test reads from
+// the host, since exec into a sandbox is envd's job, not the runtime's.
+package runtimetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/runtime"
+)
+
+// Harness is what the suite needs from a driver's test.
+type Harness struct {
+	// New returns the runtime under test. It is called once per subtest;
+	// returning the same driver each time is fine.
+	New func(t *testing.T) runtime.Runtime
+	// RootFS returns a fresh root filesystem directory with a busybox
+	// userland. Defaults to BusyboxRootFS.
+	RootFS func(t *testing.T) string
+	// Leftovers lists what the runtime still holds for id (state
+	// directories, cgroups, ...) so the suite can require nothing after
+	// Destroy or a failed Create. Optional.
+	Leftovers func(id string) []string
+}
+
+// Run runs the suite. It needs whatever the runtime needs (root, usually);
+// the caller skips before calling when that is missing.
+func Run(t *testing.T, h Harness) {
+	if h.RootFS == nil {
+		h.RootFS = func(t *testing.T) string { return BusyboxRootFS(t) }
+	}
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, h Harness)
+	}{
+		{"Lifecycle", testLifecycle},
+		{"DestroyPaused", testDestroyPaused},
+		{"DestroyIdempotent", testDestroyIdempotent},
+		{"CreateFailureLeavesNothing", testCreateFailure},
+		{"MemoryLimit", testMemoryLimit},
+		{"PidsLimit", testPidsLimit},
+		{"CPUQuota", testCPUQuota},
+		{"Concurrent", testConcurrent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, h) })
+	}
+}
+
+// sandbox is one sandbox under test.
+type sandbox struct {
+	spec   runtime.Spec
+	rt     runtime.Runtime
+	marker string // env var every process of the sandbox inherits
+}
+
+// newSandbox prepares a spec running script as the init under /bin/sh. The
+// sandbox is destroyed when t ends, before its directories are removed.
+func newSandbox(t *testing.T, h Harness, rt runtime.Runtime, script string, mod func(*runtime.Spec)) *sandbox {
+	t.Helper()
+	id := "sb-rt-" + randomHex(t, 6)
+	rootfs := h.RootFS(t)
+	stateDir := t.TempDir()
+	netns := NetNS(t)
+	marker := "WRENN_RUNTIMETEST=" + id
+	s := &sandbox{
+		rt:     rt,
+		marker: marker,
+		spec: runtime.Spec{
+			ID:        id,
+			StateDir:  stateDir,
+			RootFS:    rootfs,
+			NetNSPath: netns,
+			Hostname:  "rt-test",
+			Args:      []string{"/bin/sh", "-c", script},
+			Env:       []string{"PATH=/bin", marker},
+			VCPUs:     1,
+			MemoryMB:  128,
+			Pids:      128,
+		},
+	}
+	if mod != nil {
+		mod(&s.spec)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := rt.Destroy(ctx, id); err != nil {
+			t.Errorf("cleanup: Destroy %s: %v", id, err)
+		}
+	})
+	return s
+}
+
+func (s *sandbox) create(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.rt.Create(ctx, s.spec); err != nil {
+		t.Fatalf("Create %s: %v", s.spec.ID, err)
+	}
+}
+
+// file reads a file the init wrote, "" if it does not exist yet.
+func (s *sandbox) file(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.spec.RootFS, name))
+	if errors.Is(err, os.ErrNotExist) {
+		return ""
+	}
+	if err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// counter reads /counter, -1 when absent.
+func (s *sandbox) counter(t *testing.T) int {
+	t.Helper()
+	v := s.file(t, "counter")
+	if v == "" {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("counter %q: %v", v, err)
+	}
+	return n
+}
+
+func (s *sandbox) state(t *testing.T) (runtime.State, error) {
+	t.Helper()
+	return s.rt.State(context.Background(), s.spec.ID)
+}
+
+func (s *sandbox) requireState(t *testing.T, want runtime.State) {
+	t.Helper()
+	got, err := s.state(t)
+	if err != nil || got != want {
+		t.Fatalf("State = %q, %v; want %q", got, err, want)
+	}
+}
+
+// processes returns the host pids carrying the sandbox's marker in their
+// environment: every process the sandbox started, whatever namespace it is in.
+func (s *sandbox) processes(t *testing.T) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte(s.marker)
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue // gone, or a kernel thread
+		}
+		if slices.ContainsFunc(bytes.Split(env, []byte{0}), func(kv []byte) bool { return bytes.Equal(kv, want) }) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// requireGone checks that nothing of the sandbox is left anywhere the suite
+// or the driver can see.
+func (s *sandbox) requireGone(t *testing.T, h Harness) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.rt.State(ctx, s.spec.ID); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("State after destroy: %v, want ErrNotFound", err)
+	}
+	if _, err := s.rt.Stats(ctx, s.spec.ID); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("Stats after destroy: %v, want ErrNotFound", err)
+	}
+	ids, err := s.rt.List(ctx)
+	if err != nil {
+		t.Errorf("List: %v", err)
+	}
+	if slices.Contains(ids, s.spec.ID) {
+		t.Errorf("List still has %s", s.spec.ID)
+	}
+	if pids := s.processes(t); len(pids) > 0 {
+		t.Errorf("processes of %s still alive: %v", s.spec.ID, pids)
+	}
+	if h.Leftovers != nil {
+		if left := h.Leftovers(s.spec.ID); len(left) > 0 {
+			t.Errorf("runtime still holds for %s: %v", s.spec.ID, left)
+		}
+	}
+}
+
+// eventually polls cond every 20 ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// counterScript writes an increasing counter to /counter every 100 ms,
+// atomically (write then rename), after leaving a marker file.
+const counterScript = `echo before-pause > /marker
+i=0
+while true; do
+	i=$((i+1))
+	echo $i > /counter.tmp && mv /counter.tmp /counter
+	sleep 0.1
+done`
+
+func testLifecycle(t *testing.T, h Harness) {
+	rt := h.New(t)
+	ctx := context.Background()
+	s := newSandbox(t, h, rt, counterScript, nil)
+	s.create(t)
+
+	// The init runs.
+	s.requireState(t, runtime.StateRunning)
+	eventually(t, 5*time.Second, "the counter to reach 3", func() bool { return s.counter(t) >= 3 })
+	if ids, err := rt.List(ctx); err != nil || !slices.Contains(ids, s.spec.ID) {
+		t.Fatalf("List = %v, %v; want it to include %s", ids, err, s.spec.ID)
+	}
+	st, err := rt.Stats(ctx, s.spec.ID)
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	if st.Pids < 1 || st.MemoryBytes == 0 || st.CPUUsage <= 0 {
+		t.Fatalf("Stats of a running sandbox = %+v, want pids, memory and CPU time", st)
+	}
+	if len(s.processes(t)) == 0 {
+		t.Fatal("no host process carries the sandbox's marker")
+	}
+
+	// Pause: the counter stops.
+	if err := rt.Pause(ctx, s.spec.ID); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	s.requireState(t, runtime.StatePaused)
+	frozen := s.counter(t)
+	time.Sleep(600 * time.Millisecond)
+	if now := s.counter(t); now != frozen {
+		t.Fatalf("counter advanced while paused: %d → %d", frozen, now)
+	}
+
+	// Resume: it continues from where it was, not from where it would be.
+	if err := rt.Resume(ctx, s.spec.ID); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	s.requireState(t, runtime.StateRunning)
+	var first int
+	eventually(t, 5*time.Second, "the counter to move after resume", func() bool {
+		first = s.counter(t)
+		return first > frozen
+	})
+	if first > frozen+2 {
+		t.Fatalf("first value after resume %d, want %d or %d (the counter ran while paused)", first, frozen+1, frozen+2)
+	}
+	if got := s.file(t, "marker"); got != "before-pause" {
+		t.Fatalf("file written before pause reads %q after resume", got)
+	}
+
+	// Destroy: nothing left, and the counter stops for good.
+	if err := rt.Destroy(ctx, s.spec.ID); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	s.requireGone(t, h)
+	last := s.counter(t)
+	time.Sleep(300 * time.Millisecond)
+	if now := s.counter(t); now != last {
+		t.Fatalf("counter advanced after destroy: %d → %d", last, now)
+	}
+}
+
+func testDestroyPaused(t *testing.T, h Harness) {
+	rt := h.New(t)
+	ctx := context.Background()
+	s := newSandbox(t, h, rt, counterScript, nil)
+	s.create(t)
+	eventually(t, 5*time.Second, "the counter to start", func() bool { return s.counter(t) >= 1 })
+	if err := rt.Pause(ctx, s.spec.ID); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	if err := rt.Destroy(ctx, s.spec.ID); err != nil {
+		t.Fatalf("Destroy of a paused sandbox: %v", err)
+	}
+	s.requireGone(t, h)
+}
+
+func testDestroyIdempotent(t *testing.T, h Harness) {
+	rt := h.New(t)
+	ctx := context.Background()
+	if err := rt.Destroy(ctx, "sb-rt-never-created"); err != nil {
+		t.Fatalf("Destroy of an unknown id: %v", err)
+	}
+	s := newSandbox(t, h, rt, counterScript, nil)
+	s.create(t)
+	for i := 0; i < 3; i++ {
+		if err := rt.Destroy(ctx, s.spec.ID); err != nil {
+			t.Fatalf("Destroy #%d: %v", i+1, err)
+		}
+	}
+	s.requireGone(t, h)
+	for name, op := range map[string]func() error{
+		"Pause":  func() error { return rt.Pause(ctx, s.spec.ID) },
+		"Resume": func() error { return rt.Resume(ctx, s.spec.ID) },
+	} {
+		if err := op(); !errors.Is(err, runtime.ErrNotFound) {
+			t.Errorf("%s after destroy: %v, want ErrNotFound", name, err)
+		}
+	}
+}
+
+func testCreateFailure(t *testing.T, h Harness) {
+	tests := []struct {
+		name string
+		mod  func(t *testing.T, s *runtime.Spec)
+	}{
+		{"missing rootfs", func(t *testing.T, s *runtime.Spec) { s.RootFS = filepath.Join(t.TempDir(), "absent") }},
+		{"empty rootfs", func(t *testing.T, s *runtime.Spec) { s.RootFS = t.TempDir() }},
+		{"init not found", func(t *testing.T, s *runtime.Spec) { s.Args = []string{"/bin/no-such-init"} }},
+		{"missing netns", func(t *testing.T, s *runtime.Spec) { s.NetNSPath = "/var/run/netns/wrenn-rt-absent" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt := h.New(t)
+			s := newSandbox(t, h, rt, counterScript, func(s *runtime.Spec) { tt.mod(t, s) })
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := rt.Create(ctx, s.spec); err == nil {
+				t.Fatal("Create succeeded")
+			}
+			s.requireGone(t, h)
+		})
+	}
+}
+
+func testMemoryLimit(t *testing.T, h Harness) {
+	rt := h.New(t)
+	// dd's buffer is bs bytes, all touched by the read from /dev/zero: 8 MiB
+	// fits in 48 MiB, 256 MiB does not and must be OOM-killed inside while
+	// the init (which reports the outcome) lives on.
+	script := `dd if=/dev/zero of=/dev/null bs=8M count=1 2>/dev/null; echo "small=$?" > /mem.tmp
+dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null; echo "big=$?" >> /mem.tmp
+mv /mem.tmp /mem
+while true; do sleep 1; done`
+	s := newSandbox(t, h, rt, script, func(s *runtime.Spec) { s.MemoryMB = 48 })
+	s.create(t)
+	eventually(t, 20*time.Second, "the memory test to report", func() bool { return s.file(t, "mem") != "" })
+	got := strings.Fields(s.file(t, "mem"))
+	if len(got) != 2 || got[0] != "small=0" {
+		t.Fatalf("memory test reported %q, want small=0 first", got)
+	}
+	// 137 = 128 + SIGKILL, the OOM killer's signal.
+	if got[1] != "big=137" {
+		t.Fatalf("allocation over the limit reported %q, want big=137 (OOM-killed)", got[1])
+	}
+	s.requireState(t, runtime.StateRunning)
+}
+
+func testPidsLimit(t *testing.T, h Harness) {
+	rt := h.New(t)
+	const limit = 64
+	// A fork bomb: every instance forks two more, waits, and forks again.
+	// An instance whose fork fails at the limit exits and its parent
+	// replaces it, so the bomb presses on the limit until destroyed. The
+	// init never forks after starting it (read on a FIFO is a builtin), so
+	// it must survive.
+	script := `mkfifo /idle
+exec 3<>/idle
+bomb() { while true; do bomb & bomb & wait; done; }
+bomb &
+echo started > /bomb
+while true; do read -t 1 x <&3; done`
+	s := newSandbox(t, h, rt, script, func(s *runtime.Spec) { s.Pids = limit })
+	s.create(t)
+	ctx := context.Background()
+	var peak uint64
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := rt.Stats(ctx, s.spec.ID)
+		if err != nil {
+			t.Fatalf("Stats: %v", err)
+		}
+		peak = max(peak, st.Pids)
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Logf("fork bomb peaked at %d tasks under a limit of %d", peak, limit)
+	if peak > limit {
+		t.Fatalf("fork bomb reached %d tasks, limit %d", peak, limit)
+	}
+	if peak < limit-8 {
+		t.Fatalf("fork bomb peaked at %d tasks, far below the limit %d: the test did not reach it", peak, limit)
+	}
+	if s.file(t, "bomb") != "started" {
+		t.Fatal("init did not get past starting the bomb")
+	}
+	s.requireState(t, runtime.StateRunning)
+	if err := rt.Destroy(ctx, s.spec.ID); err != nil {
+		t.Fatalf("Destroy of a fork-bombed sandbox: %v", err)
+	}
+	s.requireGone(t, h)
+}
+
+func testCPUQuota(t *testing.T, h Harness) {
+	rt := h.New(t)
+	// Two busy loops against a one-core quota: unlimited they would take
+	// both cores of a two-core host.
+	script := `busy() { while true; do :; done; }
+busy & busy &
+echo started > /cpu
+wait`
+	s := newSandbox(t, h, rt, script, func(s *runtime.Spec) { s.VCPUs = 1 })
+	s.create(t)
+	eventually(t, 5*time.Second, "the busy loops to start", func() bool { return s.file(t, "cpu") != "" })
+	ctx := context.Background()
+	time.Sleep(300 * time.Millisecond)
+	before, err := rt.Stats(ctx, s.spec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	time.Sleep(2 * time.Second)
+	after, err := rt.Stats(ctx, s.spec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wall := time.Since(start)
+	cores := float64(after.CPUUsage-before.CPUUsage) / float64(wall)
+	t.Logf("busy loops used %.2f cores under a 1-core quota", cores)
+	// Generous bounds: the machine is shared, so the loops may get less
+	// than their quota, but never much more.
+	if cores > 1.25 {
+		t.Fatalf("sandbox used %.2f cores, quota is 1", cores)
+	}
+	if cores < 0.2 {
+		t.Fatalf("sandbox used %.2f cores: the busy loops did not run", cores)
+	}
+}
+
+func testConcurrent(t *testing.T, h Harness) {
+	rt := h.New(t)
+	const n = 5
+	boxes := make([]*sandbox, n)
+	for i := range boxes {
+		boxes[i] = newSandbox(t, h, rt, counterScript, nil)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	parallel := func(op func(*sandbox) error) []error {
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, b := range boxes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = op(b)
+			}()
+		}
+		wg.Wait()
+		return errs
+	}
+	for i, err := range parallel(func(b *sandbox) error { return rt.Create(ctx, b.spec) }) {
+		if err != nil {
+			t.Fatalf("Create #%d: %v", i, err)
+		}
+	}
+	for _, b := range boxes {
+		eventually(t, 10*time.Second, fmt.Sprintf("%s's counter", b.spec.ID), func() bool { return b.counter(t) >= 1 })
+	}
+	ids, err := rt.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range boxes {
+		if !slices.Contains(ids, b.spec.ID) {
+			t.Errorf("List lacks %s", b.spec.ID)
+		}
+	}
+	for i, err := range parallel(func(b *sandbox) error { return rt.Destroy(ctx, b.spec.ID) }) {
+		if err != nil {
+			t.Errorf("Destroy #%d: %v", i, err)
+		}
+	}
+	for _, b := range boxes {
+		b.requireGone(t, h)
+	}
+}
