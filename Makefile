@@ -41,13 +41,14 @@ bin/wrenn-agent:
 	$(GO) build -o $@ ./cmd/host-agent
 bin/wrenn:
 	$(GO) build -o $@ ./cmd/wrenn
-# Both ship inside every sandbox image: static, and -trimpath with no build
-# id so an unchanged source gives a byte-identical binary and the image
-# (whose cache key hashes them) is not rebuilt for nothing.
+# Both ship inside every sandbox image: static, and with -trimpath, no VCS
+# stamp and no build id, so an unchanged source gives a byte-identical binary
+# and the image (whose cache key hashes them) is not rebuilt by a commit that
+# did not touch them.
 bin/envd:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -buildid=' -o $@ ./cmd/envd
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $@ ./cmd/envd
 bin/wrenn-init:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -buildid=' -o $@ ./cmd/wrenn-init
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $@ ./cmd/wrenn-init
 
 ## run: install what is missing, build, and run the platform in the foreground
 run:

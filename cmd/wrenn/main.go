@@ -15,8 +15,14 @@ import (
 
 func main() {
 	// The first SIGINT/SIGTERM cancels ctx: `wrenn dev` then stops its
-	// children in order and the other commands abort their request.
+	// children in order and the other commands abort their request. The
+	// handler is then removed, so a second Ctrl-C ends wrenn at once; the
+	// daemons still get SIGTERM through their parent-death signal.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	deps := cli.Deps{IO: cli.IO{Stdout: os.Stdout, Stderr: os.Stderr}, Env: config.Env()}
 	deps.Extra = append(deps.Extra, devstack.NewCommand(deps))
 	code := cli.Main(ctx, os.Args[1:], deps)

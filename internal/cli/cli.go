@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -75,11 +76,10 @@ func userMessage(err error) string {
 	if errors.As(err, &ae) {
 		return ae.Error()
 	}
-	msg := err.Error()
-	if strings.Contains(msg, "connection refused") {
-		return msg + " (is the control plane running? start it with `make run`)"
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return err.Error() + " (is the control plane running? start it with `make run`)"
 	}
-	return msg
+	return err.Error()
 }
 
 type globals struct {

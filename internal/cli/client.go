@@ -279,6 +279,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, bound
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		// url.Error repeats the method and URL; name them once.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
 	}
 	defer resp.Body.Close()

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -238,7 +239,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		say("%v; stopping the rest", err)
 		return err
 	}
-	say("stopping: destroying sandboxes, then agent, control plane, redis, postgres")
+	say("stopping: destroying sandboxes, then agent, control plane, redis, postgres (Ctrl-C again forces)")
 	return nil
 }
 
@@ -490,7 +491,7 @@ func settled(status string) bool {
 func FindBinDir(exe, cwd string) (string, error) {
 	var tried []string
 	for _, dir := range []string{filepath.Dir(exe), filepath.Join(cwd, "bin")} {
-		if dir == "" || dir == "." {
+		if dir == "" || dir == "." || slices.Contains(tried, dir) {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(dir, "wrenn-cp")); err == nil {
