@@ -200,10 +200,10 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (err error) {
 	}
 	// An id the runtime already has must not reach the failure cleanup
 	// below, which would destroy the running sandbox.
-	if _, err := d.state(ctx, s.ID); err == nil {
-		return fmt.Errorf("create sandbox %s: it already exists in %s", s.ID, d.cfg.Name)
-	} else if !errors.Is(err, runtime.ErrNotFound) {
+	if ids, err := d.List(ctx); err != nil {
 		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
+	} else if slices.Contains(ids, s.ID) {
+		return fmt.Errorf("create sandbox %s: it already exists in %s", s.ID, d.cfg.Name)
 	}
 	spec, err := buildSpec(s, d.cfg.CgroupParent, d.nofile)
 	if err != nil {

@@ -329,7 +329,6 @@ func TestCreateCommands(t *testing.T) {
 	}
 	log := filepath.Join(s.StateDir, runtimeLog)
 	want := []string{
-		"state sb-1",
 		"list --format json",
 		"--log " + log + " --log-format json create --bundle " + s.StateDir + " --pid-file " + filepath.Join(s.StateDir, "init.pid") + " sb-1",
 		"--log " + log + " --log-format json start sb-1",
@@ -343,7 +342,7 @@ func TestCreateCommands(t *testing.T) {
 			t.Errorf("prefix %v", c.Args[:3])
 		}
 	}
-	if got := f.runc.cmds[2].OutputFile; got != filepath.Join(s.StateDir, initLog) {
+	if got := f.runc.cmds[1].OutputFile; got != filepath.Join(s.StateDir, initLog) {
 		t.Errorf("create output to %q, want the init log", got)
 	}
 	data, err := os.ReadFile(filepath.Join(s.StateDir, "config.json"))

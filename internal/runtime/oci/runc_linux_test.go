@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/wrenn/wrenn/internal/runtime"
 	"github.com/wrenn/wrenn/internal/runtime/runtimetest"
@@ -69,4 +71,37 @@ func TestRuncConformance(t *testing.T) {
 	if len(ids) != 0 {
 		t.Fatalf("runc still lists %v", ids)
 	}
+}
+
+// BenchmarkRuncCreateDestroy measures one sandbox's create (bundle, create,
+// start, state check) and destroy on the real runc.
+func BenchmarkRuncCreateDestroy(b *testing.B) {
+	runtimetest.RequireRoot(b, "the runc benchmark")
+	if err := Available("runc"); err != nil {
+		b.Skipf("runc is not usable here: %v", err)
+	}
+	d, err := New(Config{Binary: "runc", Root: filepath.Join(b.TempDir(), "runc"), CgroupParent: "/wrenn-bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = d.Cgroups().Remove("/wrenn-bench") })
+	rootfs := runtimetest.BusyboxRootFS(b)
+	ctx := context.Background()
+	var create, destroy time.Duration
+	for i := 0; b.Loop(); i++ {
+		s := runtime.Spec{ID: fmt.Sprintf("sb-bench-%d", i), StateDir: b.TempDir(), RootFS: rootfs,
+			Args: []string{"/bin/sleep", "100"}, VCPUs: 1, MemoryMB: 64, Pids: 64}
+		start := time.Now()
+		if err := d.Create(ctx, s); err != nil {
+			b.Fatal(err)
+		}
+		create += time.Since(start)
+		start = time.Now()
+		if err := d.Destroy(ctx, s.ID); err != nil {
+			b.Fatal(err)
+		}
+		destroy += time.Since(start)
+	}
+	b.ReportMetric(float64(create.Milliseconds())/float64(b.N), "create-ms/op")
+	b.ReportMetric(float64(destroy.Milliseconds())/float64(b.N), "destroy-ms/op")
 }
