@@ -183,7 +183,11 @@ type Agent struct {
 	// SandboxCIDR is the address range sandbox links are cut from
 	// (WRENN_SANDBOX_CIDR).
 	SandboxCIDR *net.IPNet
-	LogLevel    slog.Level
+	// DestroyOnExit makes a stopping agent destroy its sandboxes instead of
+	// leaving them running for the next agent to re-adopt
+	// (WRENN_AGENT_SHUTDOWN=destroy; the default is keep).
+	DestroyOnExit bool
+	LogLevel      slog.Level
 }
 
 // Runtimes lists the values WRENN_RUNTIME accepts.
@@ -222,6 +226,13 @@ func LoadAgent(env Lookup) (Agent, error) {
 		p.addf("WRENN_DEFAULT_ROOTFS_SIZE %q is below the 64Mi minimum", size)
 	} else {
 		c.DefaultDiskMB = b >> 20
+	}
+	switch shutdown := str(env, "WRENN_AGENT_SHUTDOWN", "keep"); shutdown {
+	case "keep":
+	case "destroy":
+		c.DestroyOnExit = true
+	default:
+		p.addf("WRENN_AGENT_SHUTDOWN %q is not keep or destroy", shutdown)
 	}
 	cidr := str(env, "WRENN_SANDBOX_CIDR", "10.88.0.0/16")
 	if _, n, err := net.ParseCIDR(cidr); err != nil || n.IP.To4() == nil {

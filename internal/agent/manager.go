@@ -1,0 +1,413 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/image"
+	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/runtime"
+	"github.com/wrenn/wrenn/pkg/id"
+)
+
+// Network is what the manager needs from host networking.
+type Network interface {
+	Setup(ctx context.Context, sandboxID string, allowInternet bool) (*network.Link, error)
+	Teardown(ctx context.Context, link *network.Link) error
+	Adopt(ctx context.Context, link *network.Link) error
+	CleanupOrphans(ctx context.Context, keep map[string]bool) error
+}
+
+// Images is what the manager needs from the image store.
+type Images interface {
+	Exists(template string) bool
+	Prepare(ctx context.Context, sandboxID, template string, diskBytes uint64, dir string) (*image.RootFS, error)
+	Adopt(ctx context.Context, sandboxID, template, dir string) (*image.RootFS, error)
+	CleanupOrphans(ctx context.Context, keep map[string]bool) error
+}
+
+// State is a sandbox's state in the agent's table.
+type State string
+
+// States of the agent's table. A sandbox is in the table from the moment its
+// create starts until its destroy has released everything.
+const (
+	StateCreating   State = "creating"
+	StateRunning    State = "running"
+	StatePaused     State = "paused"
+	StateDestroying State = "destroying"
+)
+
+// Limits of a sandbox, from the create request.
+type Limits struct {
+	VCPUs    uint32 `json:"vcpus"`
+	MemoryMB uint32 `json:"memory_mb"`
+	DiskMB   uint64 `json:"disk_mb"`
+}
+
+// Sandbox is one entry of the agent's table. Fields other than mu, state and
+// the release list are fixed once create has finished.
+type Sandbox struct {
+	ID            string            `json:"id"`
+	Template      string            `json:"template"`
+	Limits        Limits            `json:"limits"`
+	Timeout       time.Duration     `json:"timeout"`
+	AllowInternet bool              `json:"allow_internet"`
+	Env           map[string]string `json:"env,omitempty"`
+	Link          *network.Link     `json:"link"`
+	Token         string            `json:"token"`
+	StartedAt     time.Time         `json:"started_at"`
+	State         State             `json:"state"`
+
+	// op serialises lifecycle operations on this sandbox.
+	op      sync.Mutex
+	rootfs  *image.RootFS
+	envd    *envdclient.Client
+	release cleanup
+}
+
+// Options configures a Manager.
+type Options struct {
+	// Dir holds one directory per sandbox (state file, disk, runtime files).
+	Dir           string
+	Runtime       runtime.Runtime
+	Network       Network
+	Images        Images
+	EnvdTransport http.RoundTripper
+	DefaultDiskMB uint64
+	// DNS servers written into sandboxes' resolv.conf.
+	DNS    []string
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Manager owns the sandboxes of this host. Its table is the truth about what
+// runs here; each entry is persisted under Dir so a restarted agent re-adopts
+// what it finds.
+type Manager struct {
+	o   Options
+	log *slog.Logger
+
+	mu        sync.Mutex
+	sandboxes map[string]*Sandbox
+}
+
+// NewManager returns a manager with an empty table; call Recover before
+// serving.
+func NewManager(o Options) (*Manager, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create sandboxes directory: %w", err)
+	}
+	return &Manager{o: o, log: o.Logger, sandboxes: map[string]*Sandbox{}}, nil
+}
+
+// CreateRequest asks for one sandbox.
+type CreateRequest struct {
+	ID            string
+	Template      string
+	Limits        Limits
+	Timeout       time.Duration
+	Env           map[string]string
+	AllowInternet bool
+}
+
+const (
+	minMemoryMB = 64
+	maxVCPUs    = 64
+	// pidsLimit caps tasks per sandbox: enough for real work, low enough
+	// that a fork bomb stays inside.
+	pidsLimit = 4096
+	// bootTimeout bounds create from the runtime start to envd answering.
+	bootTimeout = 30 * time.Second
+	initPath    = "/usr/local/bin/wrenn-init"
+)
+
+func (r *CreateRequest) validate(m *Manager) error {
+	switch {
+	case !id.Valid(id.Sandbox, r.ID):
+		return fmt.Errorf("%w: sandbox_id %q is not a sandbox id (sb- plus 20 base32 characters)", ErrInvalid, r.ID)
+	case !m.o.Images.Exists(r.Template):
+		return fmt.Errorf("%w: template %q does not exist on this host", ErrInvalid, r.Template)
+	case r.Limits.VCPUs == 0 || r.Limits.VCPUs > maxVCPUs:
+		return fmt.Errorf("%w: vcpus %d must be between 1 and %d", ErrInvalid, r.Limits.VCPUs, maxVCPUs)
+	case r.Limits.MemoryMB < minMemoryMB:
+		return fmt.Errorf("%w: memory_mb %d is below the %d MB minimum", ErrInvalid, r.Limits.MemoryMB, minMemoryMB)
+	}
+	for k := range r.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("%w: environment variable name %q is not valid", ErrInvalid, k)
+		}
+	}
+	return nil
+}
+
+// Create boots a sandbox and returns once envd inside answers and is
+// initialised. Creating an id that is already running returns it unchanged,
+// so a retried RPC is harmless. On failure nothing of the sandbox is left.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Sandbox, error) {
+	if req.Limits.DiskMB == 0 {
+		req.Limits.DiskMB = m.o.DefaultDiskMB
+	}
+	if err := req.validate(m); err != nil {
+		return nil, err
+	}
+
+	sb := &Sandbox{
+		ID: req.ID, Template: req.Template, Limits: req.Limits, Timeout: req.Timeout,
+		AllowInternet: req.AllowInternet, Env: req.Env, Token: id.Secret(32), State: StateCreating,
+	}
+	sb.op.Lock()
+	defer sb.op.Unlock()
+
+	m.mu.Lock()
+	if old, ok := m.sandboxes[req.ID]; ok {
+		m.mu.Unlock()
+		return m.existing(old)
+	}
+	m.sandboxes[req.ID] = sb
+	m.mu.Unlock()
+
+	log := m.log.With("sandbox_id", sb.ID)
+	start := m.o.Now()
+	if err := m.boot(ctx, sb); err != nil {
+		if cerr := sb.release.run(ctx); cerr != nil {
+			log.Error("release after failed create", "err", cerr)
+		}
+		m.mu.Lock()
+		delete(m.sandboxes, sb.ID)
+		m.mu.Unlock()
+		return nil, err
+	}
+	log.Info("sandbox running", "template", sb.Template, "duration_ms", time.Since(start).Milliseconds())
+	return sb, nil
+}
+
+// existing answers a create for an id already in the table. It waits for any
+// operation in flight on that id.
+func (m *Manager) existing(sb *Sandbox) (*Sandbox, error) {
+	sb.op.Lock()
+	defer sb.op.Unlock()
+	switch sb.State {
+	case StateRunning, StatePaused:
+		return sb, nil
+	}
+	return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, sb.ID, sb.State)
+}
+
+// boot takes every resource of a sandbox in order, pushing each release onto
+// sb.release as it goes.
+func (m *Manager) boot(ctx context.Context, sb *Sandbox) error {
+	dir := m.sandboxDir(sb.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create sandbox directory: %w", err)
+	}
+	sb.release.add("remove sandbox directory", func(context.Context) error { return os.RemoveAll(dir) })
+
+	rootfs, err := m.o.Images.Prepare(ctx, sb.ID, sb.Template, sb.Limits.DiskMB<<20, dir)
+	if err != nil {
+		return fmt.Errorf("prepare root filesystem: %w", err)
+	}
+	sb.rootfs = rootfs
+	sb.release.add("release root filesystem", rootfs.Release)
+
+	link, err := m.o.Network.Setup(ctx, sb.ID, sb.AllowInternet)
+	if err != nil {
+		return fmt.Errorf("set up network: %w", err)
+	}
+	sb.Link = link
+	sb.release.add("tear down network", func(ctx context.Context) error { return m.o.Network.Teardown(ctx, link) })
+
+	stateDir := filepath.Join(dir, "runtime")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return fmt.Errorf("create runtime directory: %w", err)
+	}
+	spec := runtime.Spec{
+		ID:        sb.ID,
+		StateDir:  stateDir,
+		RootFS:    rootfs.Path(),
+		NetNSPath: link.NetNSPath,
+		Hostname:  sb.ID,
+		Args:      []string{initPath},
+		Env: []string{
+			"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+			"HOME=/root",
+			"WRENN_HOSTNAME=" + sb.ID,
+			"WRENN_DNS=" + strings.Join(m.o.DNS, ","),
+		},
+		VCPUs:    sb.Limits.VCPUs,
+		MemoryMB: sb.Limits.MemoryMB,
+		Pids:     pidsLimit,
+	}
+	if err := m.o.Runtime.Create(ctx, spec); err != nil {
+		return fmt.Errorf("start sandbox in %s: %w", m.o.Runtime.Name(), err)
+	}
+	sb.release.add("destroy in runtime", func(ctx context.Context) error { return m.o.Runtime.Destroy(ctx, sb.ID) })
+
+	if err := m.connectEnvd(ctx, sb); err != nil {
+		return err
+	}
+	sb.StartedAt = m.o.Now().UTC()
+	sb.State = StateRunning
+	return m.persist(sb)
+}
+
+// connectEnvd waits for envd and sends its /init.
+func (m *Manager) connectEnvd(ctx context.Context, sb *Sandbox) error {
+	sb.envd = envdclient.New(m.o.EnvdTransport, sb.Link.GuestIP, sb.Token)
+	bootCtx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	if err := sb.envd.WaitHealthy(bootCtx); err != nil {
+		return fmt.Errorf("sandbox did not come up: %w", err)
+	}
+	err := sb.envd.Init(bootCtx, envdclient.InitRequest{
+		AccessToken: sb.Token,
+		EnvVars:     sb.Env,
+		Timestamp:   m.o.Now().UTC(),
+	})
+	if err != nil {
+		return fmt.Errorf("initialise envd: %w", err)
+	}
+	return nil
+}
+
+// Destroy stops a sandbox and releases everything it took.
+func (m *Manager) Destroy(ctx context.Context, sandboxID string) error {
+	sb, err := m.get(sandboxID)
+	if err != nil {
+		return err
+	}
+	sb.op.Lock()
+	defer sb.op.Unlock()
+	if sb.State == StateDestroying {
+		// A concurrent destroy finished while we waited.
+		return fmt.Errorf("%w: sandbox %s", ErrNotFound, sandboxID)
+	}
+	sb.State = StateDestroying
+	err = sb.release.run(ctx)
+	m.mu.Lock()
+	delete(m.sandboxes, sandboxID)
+	m.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("destroy sandbox %s: %w", sandboxID, err)
+	}
+	m.log.Info("sandbox destroyed", "sandbox_id", sandboxID)
+	return nil
+}
+
+// Get returns a sandbox of the table.
+func (m *Manager) Get(sandboxID string) (*Sandbox, error) { return m.get(sandboxID) }
+
+func (m *Manager) get(sandboxID string) (*Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb, ok := m.sandboxes[sandboxID]
+	if !ok {
+		return nil, fmt.Errorf("%w: no sandbox %s on this host", ErrNotFound, sandboxID)
+	}
+	return sb, nil
+}
+
+// Snapshot is a copy of a table entry that is safe to read without locks.
+type Snapshot struct {
+	ID        string
+	Template  string
+	State     State
+	Limits    Limits
+	HostIP    net.IP
+	GuestIP   net.IP
+	StartedAt time.Time
+}
+
+// List returns the sandboxes of the table, ordered by id. Entries busy with
+// an operation are reported with the state they had when it began.
+func (m *Manager) List() []Snapshot {
+	m.mu.Lock()
+	all := make([]*Sandbox, 0, len(m.sandboxes))
+	for _, sb := range m.sandboxes {
+		all = append(all, sb)
+	}
+	m.mu.Unlock()
+	out := make([]Snapshot, 0, len(all))
+	for _, sb := range all {
+		out = append(out, sb.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (sb *Sandbox) snapshot() Snapshot {
+	s := Snapshot{ID: sb.ID, Template: sb.Template, State: sb.State, Limits: sb.Limits, StartedAt: sb.StartedAt}
+	if sb.State != StateCreating && sb.Link != nil {
+		s.HostIP, s.GuestIP = sb.Link.HostIP, sb.Link.GuestIP
+	}
+	return s
+}
+
+// Exec runs a command in a running sandbox and collects its output.
+func (m *Manager) Exec(ctx context.Context, sandboxID string, req envdclient.ExecRequest) (*envdclient.ExecResult, error) {
+	sb, err := m.get(sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	// Exec does not hold sb.op for the command's whole run: commands and
+	// lifecycle operations overlap, and a destroy ends the command's stream.
+	sb.op.Lock()
+	state, envd := sb.State, sb.envd
+	sb.op.Unlock()
+	if state != StateRunning {
+		return nil, fmt.Errorf("%w: sandbox %s is %s, not running", ErrConflict, sandboxID, state)
+	}
+	if req.Cmd == "" {
+		return nil, fmt.Errorf("%w: cmd is empty", ErrInvalid)
+	}
+	return envd.Exec(ctx, req)
+}
+
+func (m *Manager) sandboxDir(sandboxID string) string { return filepath.Join(m.o.Dir, sandboxID) }
+
+const stateFile = "sandbox.json"
+
+// persist writes the sandbox's record atomically; it holds the access token,
+// so it is readable by root only.
+func (m *Manager) persist(sb *Sandbox) error {
+	b, err := json.MarshalIndent(sb, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode sandbox record: %w", err)
+	}
+	path := filepath.Join(m.sandboxDir(sb.ID), stateFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write sandbox record: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write sandbox record: %w", err)
+	}
+	return nil
+}
+
+// DestroyAll destroys every sandbox of the table, for an agent told to leave
+// nothing behind when it stops.
+func (m *Manager) DestroyAll(ctx context.Context) error {
+	var errs []error
+	for _, s := range m.List() {
+		if err := m.Destroy(ctx, s.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,204 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/image"
+	"github.com/wrenn/wrenn/internal/logging"
+	"github.com/wrenn/wrenn/internal/network"
+	"github.com/wrenn/wrenn/internal/runtime"
+	"github.com/wrenn/wrenn/internal/runtime/oci"
+	"github.com/wrenn/wrenn/pkg/config"
+	"github.com/wrenn/wrenn/proto/hostagent/v1/hostagentv1connect"
+)
+
+// EnvdVersion is the envd protocol version the agent reports for its
+// sandboxes; SDKs gate features on it.
+const EnvdVersion = "0.5.7"
+
+// heartbeatInterval is how often the agent tells the control plane it lives.
+const heartbeatInterval = 30 * time.Second
+
+// Run is the host agent: it recovers the sandboxes a previous agent left,
+// registers with the control plane, and serves RPCs until ctx ends.
+func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
+	log, closeLog, err := logging.Setup(ctx, cfg.Dir, "host-agent", cfg.LogLevel, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	if os.Geteuid() != 0 {
+		return errors.New("the host agent must run as root: it creates namespaces, mounts and cgroups")
+	}
+
+	rt, err := selectRuntime(cfg.Runtime, filepath.Join(cfg.Dir, "run"), log)
+	if err != nil {
+		return err
+	}
+	dns := hostDNS("/etc/resolv.conf")
+	netw, err := network.New(ctx, network.Config{CIDR: cfg.SandboxCIDR, Logger: log})
+	if err != nil {
+		return fmt.Errorf("set up host networking: %w", err)
+	}
+	images, err := image.NewStore(filepath.Join(cfg.Dir, "images"), filepath.Join(cfg.Dir, "run"), log)
+	if err != nil {
+		return fmt.Errorf("open image store: %w", err)
+	}
+	mgr, err := NewManager(Options{
+		Dir:           filepath.Join(cfg.Dir, "sandboxes"),
+		Runtime:       rt,
+		Network:       netw,
+		Images:        images,
+		EnvdTransport: envdclient.NewTransport(),
+		DefaultDiskMB: cfg.DefaultDiskMB,
+		DNS:           dns,
+		Logger:        log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Recover(ctx); err != nil {
+		// Leftovers that could not be released are logged, not fatal: the
+		// sandboxes that were re-adopted still deserve to be served.
+		log.Error("recover sandboxes", "err", err)
+	}
+
+	mux := http.NewServeMux()
+	path, handler := hostagentv1connect.NewHostAgentServiceHandler(&Service{m: mgr, runtimeName: rt.Name(), envdVersion: EnvdVersion})
+	mux.Handle(path, handler)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       620 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	// HTTP/1.1 only: multiplexing let one slow sandbox RPC stall every other
+	// stream on a shared connection.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("host agent listening", "addr", ln.Addr().String(), "runtime", rt.Name())
+
+	cpTransport := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		ResponseHeaderTimeout: 30 * time.Second,
+		MaxIdleConnsPerHost:   4,
+	}
+	reg := &Registrar{
+		CPURL:     cfg.ControlPlaneURL,
+		Address:   cfg.AdvertiseURL,
+		Runtime:   rt.Name(),
+		CredsPath: filepath.Join(cfg.Dir, "agent", "credentials.json"),
+		DataDir:   cfg.Dir,
+		Client:    &http.Client{Transport: cpTransport, Timeout: 30 * time.Second},
+		Logger:    log,
+	}
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	regErr := make(chan error, 1)
+	go func() {
+		creds, err := registerWithRetry(hbCtx, reg, cfg.RegistrationToken, log)
+		if err != nil {
+			regErr <- err
+			return
+		}
+		log.Info("registered with control plane", "host_id", creds.HostID)
+		reg.HeartbeatLoop(hbCtx, creds, heartbeatInterval)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serve: %w", err)
+	case err = <-regErr:
+	}
+
+	log.Info("host agent stopping")
+	stopHB()
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	if cfg.DestroyOnExit {
+		if derr := mgr.DestroyAll(shutCtx); derr != nil {
+			log.Error("destroy sandboxes on exit", "err", derr)
+		}
+	}
+	return err
+}
+
+// registerWithRetry registers, retrying while the control plane is not
+// reachable yet; a refusal (bad token) ends it at once.
+func registerWithRetry(ctx context.Context, reg *Registrar, token string, log *slog.Logger) (Credentials, error) {
+	delay := 200 * time.Millisecond
+	for {
+		creds, err := reg.Register(ctx, token)
+		if err == nil {
+			return creds, reg.Heartbeat(ctx, creds)
+		}
+		var ne net.Error
+		var oe *net.OpError
+		if !errors.As(err, &ne) && !errors.As(err, &oe) {
+			return creds, err
+		}
+		log.Warn("control plane not reachable yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return creds, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// selectRuntime resolves WRENN_RUNTIME to a driver that can run here.
+func selectRuntime(name, runDir string, log *slog.Logger) (runtime.Runtime, error) {
+	switch name {
+	case "auto", "runc":
+		// Firecracker arrives with its driver; until then auto means runc.
+		if err := oci.Available("runc"); err != nil {
+			return nil, err
+		}
+		return oci.New(oci.Config{Binary: "runc", Root: filepath.Join(runDir, "runc"), Logger: log})
+	}
+	return nil, fmt.Errorf("WRENN_RUNTIME=%s: %w: this build runs sandboxes with runc only; set WRENN_RUNTIME=runc or auto", name, runtime.ErrUnavailable)
+}
+
+// hostDNS returns the host's name servers that a sandbox can reach (not
+// loopback ones, which live in the host's own namespace).
+func hostDNS(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) >= 2 && fields[0] == "nameserver" {
+			if ip := net.ParseIP(fields[1]); ip != nil && ip.To4() != nil && !ip.IsLoopback() {
+				out = append(out, ip.String())
+			}
+		}
+	}
+	return out
+}
