@@ -236,6 +236,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	fmt.Fprintf(o.Stdout, "# ready in %.1fs; paste the two lines above into another shell. Ctrl-C here stops everything.\n", time.Since(t0).Seconds())
 
 	if err := st.watch(ctx); err != nil {
+		// With a daemon gone, destroying sandboxes through the API would
+		// only time out; an agent still alive destroys its own on SIGTERM.
+		st.drain = nil
 		say("%v; stopping the rest", err)
 		return err
 	}
