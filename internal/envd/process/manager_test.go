@@ -1,0 +1,234 @@
+package process
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func newManager(t *testing.T, opts Options) *Manager {
+	t.Helper()
+	m := NewManager(slog.New(slog.DiscardHandler), opts)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if n := len(m.List()); n != 0 {
+			t.Errorf("%d processes tracked after shutdown", n)
+		}
+	})
+	return m
+}
+
+func shell(script string) Spec {
+	return Spec{Cmd: "/bin/sh", Args: []string{"-c", script}, Env: []string{"PATH=/usr/bin:/bin"}, Dir: "/"}
+}
+
+// drain reads a subscription to its end.
+func drain(t *testing.T, s *Subscription) (stdout []byte, end *End) {
+	t.Helper()
+	var out bytes.Buffer
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case ev, ok := <-s.Events():
+			if !ok {
+				if end == nil {
+					t.Fatal("channel closed without an end event")
+				}
+				return out.Bytes(), end
+			}
+			if ev.End != nil {
+				end = ev.End
+			} else if ev.Stream == Stdout {
+				out.Write(ev.Data)
+			}
+		case <-timeout:
+			t.Fatal("no end event")
+		}
+	}
+}
+
+func TestUnwatchedProcessDoesNotBlock(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, Options{})
+	// 10 MB with nobody listening: output is discarded, the process ends.
+	p, sub, err := m.Start(shell("head -c 10000000 /dev/zero; echo done"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.Close()
+	select {
+	case <-p.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("process without subscribers blocked")
+	}
+	// After the end it is untracked, and a late subscriber gets just the end.
+	if _, err := m.ByPID(p.PID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ByPID after end: %v", err)
+	}
+	out, end := drain(t, p.Subscribe())
+	if len(out) != 0 || end.ExitCode != 0 || !end.Exited {
+		t.Fatalf("late subscriber got %d bytes, end %+v", len(out), end)
+	}
+}
+
+func TestSlowSubscriberLosesNothing(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, Options{Buffer: 2})
+	p, sub, err := m.Start(shell("i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	fast := p.Subscribe()
+	defer fast.Close()
+	time.Sleep(200 * time.Millisecond) // let the buffers fill and the writer block
+	// Both read concurrently: a subscriber that reads nothing holds the
+	// process back (back-pressure), by design.
+	fastDone := make(chan []byte, 1)
+	go func() {
+		var out bytes.Buffer
+		for ev := range fast.Events() {
+			out.Write(ev.Data)
+		}
+		fastDone <- out.Bytes()
+	}()
+	slowOut, _ := drain(t, sub)
+	fastOut := <-fastDone
+	var want bytes.Buffer
+	for i := range 2000 {
+		want.WriteString("line")
+		want.WriteString(itoa(i))
+		want.WriteByte('\n')
+	}
+	// The second subscriber came after the start, so it may miss a prefix,
+	// never a byte in between.
+	if !bytes.Equal(slowOut, want.Bytes()) || !bytes.HasSuffix(want.Bytes(), fastOut) {
+		t.Fatalf("slow got %d bytes, fast %d, want %d", len(slowOut), len(fastOut), want.Len())
+	}
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; i > 0; i /= 10 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+	}
+	return string(b)
+}
+
+func TestDescendantHoldingOutputDoesNotDelayEndForever(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, Options{DrainGrace: 300 * time.Millisecond})
+	start := time.Now()
+	p, sub, err := m.Start(shell("sleep 30 & echo started"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	out, end := drain(t, sub)
+	if string(out) != "started\n" || end.ExitCode != 0 {
+		t.Fatalf("out %q end %+v", out, end)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("end event took %v with a background child holding stdout", d)
+	}
+	// The background sleep is in the process's group; clean it up.
+	_ = syscall.Kill(-p.PID, syscall.SIGKILL)
+}
+
+func TestTagIsFreedAfterExit(t *testing.T) {
+	t.Parallel()
+	m := newManager(t, Options{})
+	spec := shell("exit 0")
+	spec.Tag = "reuse"
+	for range 3 {
+		p, sub, err := m.Start(spec)
+		if err != nil {
+			t.Fatalf("Start with a freed tag: %v", err)
+		}
+		drain(t, sub)
+		<-p.Done()
+		if _, err := m.ByTag("reuse"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("tag still held: %v", err)
+		}
+	}
+}
+
+func TestShutdownRefusesNewProcesses(t *testing.T) {
+	t.Parallel()
+	m := NewManager(slog.New(slog.DiscardHandler), Options{})
+	p, sub, err := m.Start(shell("sleep 30"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, end := drain(t, sub); end.Status != "signal: killed" {
+		t.Fatalf("end %+v", end)
+	}
+	if err := syscall.Kill(p.PID, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("process %d survives shutdown: %v", p.PID, err)
+	}
+	if _, _, err := m.Start(shell("true")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Start after shutdown: %v", err)
+	}
+}
+
+// Not parallel: it counts the test process's file descriptors.
+func TestStartFailuresReleaseFiles(t *testing.T) {
+	m := newManager(t, Options{})
+	before := openFDs(t)
+	for _, spec := range []Spec{
+		{Cmd: "", Dir: "/"},
+		{Cmd: "/no/such", Dir: "/"},
+		{Cmd: "/bin/sh", Dir: "/no/such/dir"},
+		{Cmd: "/etc/passwd", Dir: "/"},
+		{Cmd: "/bin/true", Dir: "/", PTY: &Size{Cols: 80, Rows: 24}, Cred: &Credential{UID: 0, GID: 0, Groups: []uint32{0}}, Env: []string{"PATH=/bin"}},
+	} {
+		if p, sub, err := m.Start(spec); err == nil {
+			drain(t, sub)
+			<-p.Done()
+		}
+	}
+	// A process with stdin ends when stdin is closed; its pipes go with it.
+	_, sub, err := m.Start(Spec{Cmd: "/bin/sh", Dir: "/", Stdin: true, Tag: "x"})
+	if err != nil {
+		t.Fatalf("valid start: %v", err)
+	}
+	sub.Close()
+	p, err := m.ByTag("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if after := openFDs(t); after > before {
+		t.Fatalf("%d file descriptors open, %d before", after, before)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(entries)
+}
