@@ -233,8 +233,8 @@ func fakeAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if v, _ := os.LookupEnv("WRENN_AGENT_SHUTDOWN"); v != "destroy" {
-		return fmt.Errorf("WRENN_AGENT_SHUTDOWN=%q, want destroy", v)
+	if !cfg.DestroyOnExit {
+		return errors.New("WRENN_AGENT_SHUTDOWN is not destroy: sandboxes would outlive the stack")
 	}
 	if _, err := os.Stat(filepath.Join(cfg.Dir, "images", "minimal", "rootfs.ext4")); err != nil {
 		return fmt.Errorf("image not built before the agent started: %w", err)
