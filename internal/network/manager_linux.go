@@ -24,6 +24,11 @@ type Manager struct {
 	log *slog.Logger
 	fw  *firewall
 
+	// opMu lets Setup, Teardown and Adopt run together but never while
+	// CleanupOrphans decides what is orphaned, so a sandbox being set up is
+	// never mistaken for a leftover.
+	opMu sync.RWMutex
+
 	mu    sync.Mutex
 	slots map[int]string // slot → sandbox id, for slots in use
 }
@@ -60,6 +65,8 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 	if !sandboxIDRe.MatchString(sandboxID) {
 		return nil, fmt.Errorf("%w: sandbox id %q", ErrInvalid, sandboxID)
 	}
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
 	slot, err := m.take(sandboxID)
 	if err != nil {
 		return nil, err
@@ -83,6 +90,9 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 	undo = append(undo, func(context.Context) error { m.free(slot, sandboxID); return nil })
 
 	if err := createNetNS(l.NetNSPath); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create netns of %s: %w (left over by an earlier agent? run CleanupOrphans): %w", sandboxID, ErrConflict, err)
+		}
 		return nil, fmt.Errorf("create netns of %s: %w", sandboxID, err)
 	}
 	undo = append(undo, func(context.Context) error { return deleteNetNS(l.NetNSPath) })
@@ -194,6 +204,8 @@ func (m *Manager) Teardown(ctx context.Context, l *Link) error {
 	if err := m.cfg.checkLink(l); err != nil {
 		return err
 	}
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
 	var errs []error
 	if err := m.fw.revoke(ctx, func(id string) bool { return id != l.SandboxID }); err != nil {
 		errs = append(errs, err)
@@ -240,6 +252,8 @@ func (m *Manager) Adopt(ctx context.Context, l *Link) error {
 	if err := m.cfg.checkLink(l); err != nil {
 		return err
 	}
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
 	if _, err := os.Stat(l.NetNSPath); err != nil {
 		return fmt.Errorf("adopt network of %s: %w", l.SandboxID, err)
 	}
@@ -263,9 +277,12 @@ func (m *Manager) Adopt(ctx context.Context, l *Link) error {
 
 // CleanupOrphans removes namespaces, host veths and egress rules left by
 // sandboxes that are neither in keep nor currently held by this Manager
-// (Setup or Adopt). Call it after adopting the sandboxes that survived a
-// restart.
+// (Setup or Adopt). A kept sandbox's veth is recognised through its
+// namespace even before it is adopted. It waits for running Setup and
+// Teardown calls and holds new ones back while it runs.
 func (m *Manager) CleanupOrphans(ctx context.Context, keep map[string]bool) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
 	m.mu.Lock()
 	held := map[string]bool{}
 	heldSlots := map[int]bool{}
@@ -281,13 +298,28 @@ func (m *Manager) CleanupOrphans(ctx context.Context, keep map[string]bool) erro
 		errs = append(errs, err)
 	}
 
+	entries, err := os.ReadDir(NetNSDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("list %s: %w", NetNSDir, err))
+	}
+	// Host ends of the veths whose sandbox is kept: the guest end's
+	// IFLA_LINK is its peer's index in our namespace.
+	keptIfIndex := map[int]bool{}
+	for _, e := range entries {
+		if id, ok := strings.CutPrefix(e.Name(), m.cfg.Prefix+"-"); ok && live(id) {
+			if idx, err := peerIndex(filepath.Join(NetNSDir, e.Name())); err == nil {
+				keptIfIndex[idx] = true
+			}
+		}
+	}
+
 	links, err := netlink.LinkList()
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		errs = append(errs, fmt.Errorf("list links: %w", err))
 	}
 	for _, link := range links {
 		slot, ok := slotOfIf(m.cfg.IfPrefix, link.Attrs().Name)
-		if !ok || link.Type() != "veth" || heldSlots[slot] {
+		if !ok || link.Type() != "veth" || heldSlots[slot] || keptIfIndex[link.Attrs().Index] {
 			continue
 		}
 		if err := deleteLink(link.Attrs().Name); err != nil {
@@ -297,10 +329,6 @@ func (m *Manager) CleanupOrphans(ctx context.Context, keep map[string]bool) erro
 		m.log.Info("removed orphan veth", "host_if", link.Attrs().Name)
 	}
 
-	entries, err := os.ReadDir(NetNSDir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("list %s: %w", NetNSDir, err))
-	}
 	for _, e := range entries {
 		id, ok := strings.CutPrefix(e.Name(), m.cfg.Prefix+"-")
 		if !ok || live(id) {
@@ -316,6 +344,29 @@ func (m *Manager) CleanupOrphans(ctx context.Context, keep map[string]bool) erro
 		return fmt.Errorf("clean up orphan networks: %w", err)
 	}
 	return nil
+}
+
+// peerIndex returns the host-side interface index of the guest veth in the
+// namespace at path.
+func peerIndex(path string) (int, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return 0, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	eth, err := h.LinkByName(GuestIf)
+	if err != nil {
+		return 0, err
+	}
+	if eth.Attrs().ParentIndex == 0 {
+		return 0, fmt.Errorf("%s in %s has no peer", GuestIf, path)
+	}
+	return eth.Attrs().ParentIndex, nil
 }
 
 // take reserves the lowest free slot for sandboxID.
