@@ -67,7 +67,7 @@ test:
 	$(MAKE) --no-print-directory build
 	@if [ -n "$(IS_ROOT)" ]; then $(MAKE) --no-print-directory image; fi
 	$(MAKE) --no-print-directory lint
-	WRENN_TEST_IMAGE=$(IMAGE_DIR)/rootfs.ext4 WRENN_TEST_BIN_DIR=$(BIN) \
+	WRENN_TEST_IMAGE=$(IMAGE_DIR)/rootfs.ext4 \
 		$(GO) test -race -count=1 -timeout 60m ./...
 
 ## test-unit: the tests without installing packages or building the image
