@@ -34,6 +34,11 @@ type Store struct {
 	runDir    string
 	log       *slog.Logger
 
+	// opMu lets Prepare, Adopt and Release run together but never while
+	// CleanupOrphans decides what is orphaned, so a root filesystem being
+	// prepared is never taken for a leftover.
+	opMu sync.RWMutex
+
 	mu        sync.Mutex
 	templates map[string]*templateState
 	active    map[string]bool // sandbox ids with a RootFS held in this process
@@ -163,6 +168,8 @@ func (s *Store) Prepare(ctx context.Context, sandboxID, template string, diskByt
 		return nil, fmt.Errorf("template %q: %w", template, ErrNotFound)
 	}
 	log := s.log.With("sandbox_id", sandboxID)
+	s.opMu.RLock()
+	defer s.opMu.RUnlock()
 
 	var undo []func() error
 	defer func() {
@@ -267,6 +274,8 @@ func (r *RootFS) Release(ctx context.Context) error {
 		return nil
 	}
 	s := r.store
+	s.opMu.RLock()
+	defer s.opMu.RUnlock()
 	if err := s.teardown(r.dir); err != nil {
 		return fmt.Errorf("release root filesystem of %s: %w", r.sandboxID, err)
 	}
@@ -315,6 +324,8 @@ func (s *Store) Adopt(ctx context.Context, sandboxID, template, dir string) (*Ro
 		return nil, err
 	}
 	dir = filepath.Clean(dir)
+	s.opMu.RLock()
+	defer s.opMu.RUnlock()
 	mounts, err := readMounts()
 	if err != nil {
 		return nil, err
@@ -342,8 +353,11 @@ func (s *Store) Adopt(ctx context.Context, sandboxID, template, dir string) (*Ro
 
 // CleanupOrphans releases the root filesystems of sandboxes that are
 // neither in keep nor held by this Store, and unmounts template mounts that
-// no held sandbox uses. Call it after adopting the survivors of a restart.
+// no sandbox uses. Kept sandboxes need not be adopted first. It waits for
+// running Prepare, Adopt and Release calls and holds new ones back.
 func (s *Store) CleanupOrphans(ctx context.Context, keep map[string]bool) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	s.mu.Lock()
 	live := map[string]bool{}
 	for id := range s.active {

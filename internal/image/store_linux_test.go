@@ -554,3 +554,43 @@ func TestEnsureSizeAndShrink(t *testing.T) {
 	}
 	assertNothingUnder(t, ts.root)
 }
+
+func TestConcurrentPrepareRelease(t *testing.T) {
+	t.Parallel()
+	ts := newTestStore(t)
+	ctx := context.Background()
+	// Several rounds, so the template is mounted and unmounted repeatedly
+	// while other sandboxes come and go.
+	for round := range 3 {
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for i := range 8 {
+			wg.Go(func() {
+				id := "sb-r" + string(rune('0'+round)) + "-" + string(rune('a'+i))
+				r, err := ts.Prepare(ctx, id, "base", 16<<20, filepath.Join(ts.root, "sandboxes", id))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if err := os.WriteFile(filepath.Join(r.Path(), "id"), []byte(id), 0o644); err != nil {
+					errs <- err
+				}
+				if b, err := os.ReadFile(filepath.Join(r.Path(), "etc/hostname")); err != nil || string(b) != "template\n" {
+					errs <- errors.Join(errors.New("template content wrong in "+id), err)
+				}
+				if err := r.Release(ctx); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if ts.templateMounted(t) {
+			t.Errorf("round %d: template still mounted after every sandbox released it", round)
+		}
+		assertNothingUnder(t, ts.root)
+	}
+}
