@@ -496,10 +496,16 @@ func leftovers(t *testing.T, env testEnv) []string {
 			found = append(found, "link "+l.Attrs().Name)
 		}
 	}
+	// /var/run is usually a symlink; mountinfo shows the resolved path.
+	dir, err := filepath.EvalSymlinks(NetNSDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mounts), "\n") {
-		if strings.Contains(line, NetNSDir+"/"+env.name+"-") {
-			found = append(found, "mount "+line)
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/"+env.name+"-") {
+			found = append(found, "mount "+filepath.Base(f[4]))
 		}
 	}
 	return found
@@ -577,7 +583,7 @@ func TestCleanupOrphansAfterRestart(t *testing.T) {
 	}
 	// Cleanup before and after adoption keeps exactly the kept sandbox:
 	// before, it is recognised through its namespace.
-	want := []string{"link qf0", "netns wtorph-sb-keep"}
+	want := []string{"link qf0", "mount wtorph-sb-keep", "netns wtorph-sb-keep"}
 	for _, adopt := range []bool{false, true} {
 		if adopt {
 			if err := m2.Adopt(ctx, &adopted); err != nil {
@@ -650,8 +656,8 @@ func TestConcurrentSetupTeardown(t *testing.T) {
 		}
 		seen[l.Slot] = true
 	}
-	if got := len(leftovers(t, env)); got != 2*n {
-		t.Errorf("%d namespaces+veths while running, want %d", got, 2*n)
+	if got := len(leftovers(t, env)); got != 3*n {
+		t.Errorf("%d namespaces, pins and veths while running, want %d", got, 3*n)
 	}
 	errs = make(chan error, n)
 	for _, l := range links {
