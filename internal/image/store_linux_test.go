@@ -594,3 +594,41 @@ func TestConcurrentPrepareRelease(t *testing.T) {
 		assertNothingUnder(t, ts.root)
 	}
 }
+
+func BenchmarkPrepareRelease(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	root := b.TempDir()
+	tree := filepath.Join(root, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "etc"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	s, err := NewStore(filepath.Join(root, "images"), filepath.Join(root, "run"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := s.TemplatePath("base")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-b", "4096", "-d", tree, p, "32M").CombinedOutput(); err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	ctx := context.Background()
+	// Keep one user so the template mount is shared, as in steady state.
+	keep, err := s.Prepare(ctx, "sb-keep", "base", 64<<20, filepath.Join(root, "keep"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer keep.Release(ctx)
+	for b.Loop() {
+		r, err := s.Prepare(ctx, "sb-bench", "base", 1<<30, filepath.Join(root, "bench"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Release(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -679,3 +679,25 @@ func TestConcurrentSetupTeardown(t *testing.T) {
 		t.Errorf("firewall changed:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
 }
+
+func BenchmarkSetupTeardown(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	ctx := context.Background()
+	_, cidr, _ := net.ParseCIDR("10.211.8.0/24")
+	m, err := New(ctx, Config{CIDR: cidr, Prefix: "wtbench", IfPrefix: "qh"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.fw.uninstall(ctx)
+	for i := 0; b.Loop(); i++ {
+		l, err := m.Setup(ctx, fmt.Sprintf("sb-b%d", i), i%2 == 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Teardown(ctx, l); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
