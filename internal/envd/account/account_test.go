@@ -99,3 +99,21 @@ func FuzzFindPasswd(f *testing.F) {
 		}
 	})
 }
+
+func TestNames(t *testing.T) {
+	t.Parallel()
+	n, err := fixture(t).Names()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.User(1000) != "alice" || n.User(0) != "root" || n.User(4242) != "4242" {
+		t.Errorf("users: %q %q %q", n.User(1000), n.User(0), n.User(4242))
+	}
+	if n.Group(27) != "sudo" || n.Group(999) != "docker" || n.Group(7) != "7" {
+		t.Errorf("groups: %q %q %q", n.Group(27), n.Group(999), n.Group(7))
+	}
+	empty, err := Database{Root: t.TempDir()}.Names()
+	if err != nil || empty.User(0) != "0" {
+		t.Fatalf("missing files: %v %q", err, empty.User(0))
+	}
+}

@@ -1,6 +1,7 @@
 // Package server is envd's network face: the Connect/gRPC/gRPC-Web
-// process.Process service and the plain HTTP routes (/health, /init, /envs,
-// /metrics) on one port, over HTTP/1.1 and h2c.
+// process.Process and filesystem.Filesystem services (the latter without its
+// watcher methods, which answer unimplemented) and the plain HTTP routes
+// (/health, /init, /envs, /metrics) on one port, over HTTP/1.1 and h2c.
 //
 // Everything but GET /health needs the sandbox's access token once /init set
 // one, /init included, so nobody can take over a sandbox by initialising it
@@ -20,6 +21,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/envd/account"
 	"github.com/wrenn/wrenn/internal/envd/process"
+	"github.com/wrenn/wrenn/proto/envd/filesystem/filesystemconnect"
 	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
 )
 
@@ -93,6 +95,8 @@ const maxMessageBytes = 32 << 20
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	path, h := processconnect.NewProcessHandler(&processService{s: s}, connect.WithReadMaxBytes(maxMessageBytes))
+	mux.Handle(path, h)
+	path, h = filesystemconnect.NewFilesystemHandler(&filesystemService{s: s}, connect.WithReadMaxBytes(maxMessageBytes))
 	mux.Handle(path, h)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("POST /init", s.handleInit)
