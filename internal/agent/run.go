@@ -48,7 +48,7 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		return err
 	}
 	dns := hostDNS("/etc/resolv.conf")
-	netw, err := network.New(ctx, network.Config{CIDR: cfg.SandboxCIDR, Logger: log})
+	netw, err := network.New(ctx, network.Config{CIDR: cfg.SandboxCIDR, Logger: log, DNSServers: dnsIPs(dns)})
 	if err != nil {
 		return fmt.Errorf("set up host networking: %w", err)
 	}
@@ -180,6 +180,14 @@ func selectRuntime(name, runDir string, log *slog.Logger) (runtime.Runtime, erro
 		return oci.New(oci.Config{Binary: "runc", Root: filepath.Join(runDir, "runc"), Logger: log})
 	}
 	return nil, fmt.Errorf("WRENN_RUNTIME=%s: %w: this build runs sandboxes with runc only; set WRENN_RUNTIME=runc or auto", name, runtime.ErrUnavailable)
+}
+
+func dnsIPs(servers []string) []net.IP {
+	out := make([]net.IP, 0, len(servers))
+	for _, s := range servers {
+		out = append(out, net.ParseIP(s))
+	}
+	return out
 }
 
 // hostDNS returns the host's name servers that a sandbox can reach (not

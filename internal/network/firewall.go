@@ -61,6 +61,7 @@ type firewall struct {
 	run      Runner
 	cidr     *net.IPNet
 	blocked  []*net.IPNet
+	dns      []net.IP
 	prefix   string // lowercase, for comments
 	ifGlob   string // e.g. "wv+"
 	chainIn  string
@@ -79,6 +80,7 @@ func newFirewall(cfg Config) *firewall {
 		run:      cfg.Runner,
 		cidr:     cfg.CIDR,
 		blocked:  cfg.BlockedNets,
+		dns:      cfg.DNSServers,
 		prefix:   cfg.Prefix,
 		ifGlob:   cfg.IfPrefix + "+",
 		chainIn:  up + "-IN",
@@ -104,6 +106,13 @@ func (f *firewall) globalRules() string {
 	w("-A %s -o %s -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", f.chainFwd, f.ifGlob)
 	w("-A %s -o %s -j DROP", f.chainFwd, f.ifGlob)
 	w("-A %s -i %s -d %s -j DROP", f.chainFwd, f.ifGlob, f.cidr)
+	// The host's name servers, port 53 only, for sandboxes whose egress rule
+	// in the EGRESS chain accepts them; the rest falls through to the drops.
+	for _, ip := range f.dns {
+		for _, proto := range []string{"udp", "tcp"} {
+			w("-A %s -i %s -d %s/32 -p %s --dport 53 -j %s", f.chainFwd, f.ifGlob, ip, proto, f.chainEg)
+		}
+	}
 	for _, n := range alwaysBlocked {
 		w("-A %s -i %s -d %s -j DROP", f.chainFwd, f.ifGlob, n)
 	}

@@ -69,6 +69,11 @@ type Config struct {
 	// is always unreachable from sandboxes, on every address and port, except
 	// for replies to connections the host opened.
 	BlockedNets []*net.IPNet
+	// DNSServers are name servers sandboxes with internet access may query
+	// on port 53 even when they sit in a blocked range: hosts commonly use a
+	// resolver on a private address. Only port 53 of exactly these addresses
+	// is opened, and only for sandboxes allowed egress.
+	DNSServers []net.IP
 	// Prefix names the namespaces (<prefix>-<sandbox id>), the iptables chains
 	// (<PREFIX>-FWD, -IN, -EGRESS, -NAT) and rule comments (<prefix>:<id>).
 	// Default "wrenn". Two managers with different prefixes, interface
@@ -120,6 +125,11 @@ func (cfg Config) normalize() (Config, error) {
 	for _, n := range cfg.BlockedNets {
 		if n == nil || n.IP.To4() == nil {
 			return cfg, fmt.Errorf("%w: blocked network %v is not IPv4", ErrInvalid, n)
+		}
+	}
+	for _, ip := range cfg.DNSServers {
+		if ip.To4() == nil || ip.IsLoopback() || ip.IsUnspecified() {
+			return cfg, fmt.Errorf("%w: DNS server %v must be a non-loopback IPv4 address", ErrInvalid, ip)
 		}
 	}
 	return cfg, nil

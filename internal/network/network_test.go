@@ -323,6 +323,32 @@ func TestFirewallInstallIsIdempotent(t *testing.T) {
 	}
 }
 
+func TestFirewallDNSException(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	run := &fakeRunner{}
+	cfg, err := Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Runner: run,
+		DNSServers: []net.IP{net.ParseIP("10.255.255.53")}}.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := newFirewall(cfg).install(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fwd := run.rules("filter WRENN-FWD")
+	udp := slices.Index(fwd, "-i wv+ -d 10.255.255.53/32 -p udp --dport 53 -j WRENN-EGRESS")
+	tcp := slices.Index(fwd, "-i wv+ -d 10.255.255.53/32 -p tcp --dport 53 -j WRENN-EGRESS")
+	drop := slices.Index(fwd, "-i wv+ -d 10.0.0.0/8 -j DROP")
+	if udp < 0 || tcp < 0 || drop < 0 || udp > drop || tcp > drop {
+		t.Errorf("DNS must go to the egress decision before private ranges are dropped: %q", fwd)
+	}
+	for _, bad := range []string{"127.0.0.53", "0.0.0.0", "::1"} {
+		if _, err := (Config{CIDR: mustCIDR(t, "10.88.0.0/16"), DNSServers: []net.IP{net.ParseIP(bad)}}).normalize(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("DNS server %s accepted: %v", bad, err)
+		}
+	}
+}
+
 func TestFirewallEgressRules(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
