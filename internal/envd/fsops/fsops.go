@@ -96,14 +96,14 @@ func MakeDir(path string, owner *Owner) (Entry, error) {
 		}
 		return Entry{}, fmt.Errorf("%w: make directory %s: a file is in the way", ErrInvalid, path)
 	}
-	if err := mkdirAll(path, owner); err != nil {
+	if err := MkdirAll(path, owner); err != nil {
 		return Entry{}, err
 	}
 	return Stat(path)
 }
 
 // mkdirAll is os.MkdirAll that hands every directory it creates to owner.
-func mkdirAll(path string, owner *Owner) error {
+func MkdirAll(path string, owner *Owner) error {
 	fi, err := os.Stat(path)
 	if err == nil {
 		if fi.IsDir() {
@@ -112,7 +112,7 @@ func mkdirAll(path string, owner *Owner) error {
 		return fmt.Errorf("%w: create directory %s: a file is in the way", ErrInvalid, path)
 	}
 	if parent := filepath.Dir(path); parent != path {
-		if err := mkdirAll(parent, owner); err != nil {
+		if err := MkdirAll(parent, owner); err != nil {
 			return err
 		}
 	}
@@ -136,7 +136,7 @@ func Move(src, dst string, owner *Owner) (Entry, error) {
 	if _, err := os.Lstat(src); err != nil {
 		return Entry{}, fmt.Errorf("move %s: %w", src, err)
 	}
-	if err := mkdirAll(filepath.Dir(dst), owner); err != nil {
+	if err := MkdirAll(filepath.Dir(dst), owner); err != nil {
 		return Entry{}, err
 	}
 	if err := os.Rename(src, dst); err != nil {

@@ -3,10 +3,13 @@ package server
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,6 +135,21 @@ func TestFilesystemPathsAreTheUsers(t *testing.T) {
 	if r := run(t, e.client(), req); r.stdout.String() != "yes\n" {
 		t.Fatalf("user could not write into its new directories: %q %q (uid %d)", r.stdout.String(), r.stderr.String(), uid)
 	}
+	// Uploads name their user in the query, as the SDKs do.
+	code, infos, body := postFile(t, e, url.Values{"path": {"up/x.txt"}, "username": {name}}, "application/octet-stream", strings.NewReader("x"), nil)
+	if code != 200 || len(infos) != 1 || infos[0].Path != filepath.Join(home, "up/x.txt") {
+		t.Fatalf("upload as %s = %d %s", name, code, body)
+	}
+	for _, p := range []string{"up", "up/x.txt"} {
+		fi, err := os.Stat(filepath.Join(home, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid {
+			t.Errorf("%s owned by uid %d, want %d", p, st.Uid, uid)
+		}
+	}
+
 	stReq := connect.NewRequest(&fspb.StatRequest{Path: "~"})
 	stReq.Header().Set("Authorization", basicUser(name))
 	st, err := c.Stat(ctx, stReq)

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -211,10 +210,6 @@ func wantCode(t *testing.T, err error, code connect.Code, mentions ...string) {
 			t.Fatalf("error %q does not mention %q", err, m)
 		}
 	}
-}
-
-func basicUser(name string) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(name+":"))
 }
 
 func sel(pid uint32) *pb.ProcessSelector {

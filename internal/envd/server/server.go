@@ -1,7 +1,7 @@
 // Package server is envd's network face: the Connect/gRPC/gRPC-Web
 // process.Process and filesystem.Filesystem services (the latter without its
 // watcher methods, which answer unimplemented) and the plain HTTP routes
-// (/health, /init, /envs, /metrics) on one port, over HTTP/1.1 and h2c.
+// (/health, /init, /envs, /metrics, /files) on one port, over HTTP/1.1 and h2c.
 //
 // Everything but GET /health needs the sandbox's access token once /init set
 // one, /init included, so nobody can take over a sandbox by initialising it
@@ -102,6 +102,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /init", s.handleInit)
 	mux.HandleFunc("GET /envs", s.handleEnvs)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /files", s.handleGetFile)
+	mux.HandleFunc("POST /files", s.handlePostFile)
 	return cors(s.authenticate(mux))
 }
 

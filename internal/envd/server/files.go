@@ -1,0 +1,246 @@
+package server
+
+import (
+	"compress/gzip"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/wrenn/wrenn/internal/envd/fsops"
+)
+
+// fileInfo is one written file in the POST /files answer, as the SDKs read it.
+type fileInfo struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+	Path string `json:"path"`
+}
+
+// filesCaller resolves the user of a /files request: the `username` query
+// parameter the SDKs send, else the Basic header, else the defaults.
+func (s *Server) filesCaller(r *http.Request) (caller, *fsops.Owner, error) {
+	h := r.Header
+	if name := r.URL.Query().Get("username"); name != "" {
+		h = h.Clone()
+		h.Set("Authorization", basicUser(name))
+	}
+	c, err := s.callerOf(h)
+	if err != nil {
+		return caller{}, nil, err
+	}
+	var owner *fsops.Owner
+	if os.Geteuid() == 0 && c.user.UID != 0 {
+		owner = &fsops.Owner{UID: c.user.UID, GID: c.user.GID}
+	}
+	return c, owner, nil
+}
+
+func basicUser(name string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(name+":"))
+}
+
+// clientReader marks failures to read the upload as the client's.
+type clientReader struct{ r io.Reader }
+
+func (c clientReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: read upload: %w", errInvalid, err)
+	}
+	return n, err
+}
+
+// writeFSError answers a failed file operation with the status the SDKs map
+// to their error types.
+func (s *Server) writeFSError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, errInvalid), errors.Is(err, fsops.ErrInvalid):
+		status = http.StatusBadRequest
+	case errors.Is(err, os.ErrNotExist):
+		status = http.StatusNotFound
+	case errors.Is(err, os.ErrPermission):
+		status = http.StatusForbidden
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		status = http.StatusInsufficientStorage
+	}
+	if status == http.StatusInternalServerError {
+		s.log.Warn("file request failed", "error", err)
+	}
+	writeError(w, status, err.Error())
+}
+
+// handleGetFile sends a file's bytes, gzip-compressed when the client asks.
+func (s *Server) handleGetFile(w http.ResponseWriter, r *http.Request) {
+	c, _, err := s.filesCaller(r)
+	if err != nil {
+		s.writeFSError(w, err)
+		return
+	}
+	p := r.URL.Query().Get("path")
+	if p == "" {
+		s.writeFSError(w, fmt.Errorf("%w: the path query parameter is required", errInvalid))
+		return
+	}
+	p = c.resolvePath(p)
+	f, err := os.Open(p)
+	if err != nil {
+		s.writeFSError(w, fmt.Errorf("open %s: %w", p, err))
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		s.writeFSError(w, fmt.Errorf("stat %s: %w", p, err))
+		return
+	}
+	if !fi.Mode().IsRegular() {
+		s.writeFSError(w, fmt.Errorf("%w: %s is not a regular file", fsops.ErrInvalid, p))
+		return
+	}
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": filepath.Base(p)}))
+	w.Header().Set("Cache-Control", "no-store")
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Add("Vary", "Accept-Encoding")
+		gz := gzip.NewWriter(w)
+		if _, err := io.Copy(gz, f); err != nil {
+			s.log.Debug("send file", "path", p, "error", err)
+			return
+		}
+		_ = gz.Close()
+		return
+	}
+	http.ServeContent(w, r, filepath.Base(p), fi.ModTime(), f)
+}
+
+func acceptsGzip(v string) bool {
+	for _, part := range strings.Split(v, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(name), "gzip") && strings.ReplaceAll(strings.TrimSpace(params), " ", "") != "q=0" {
+			return true
+		}
+	}
+	return false
+}
+
+// handlePostFile writes uploads: multipart form parts named "file" (each to
+// the path query parameter or, without it, to the part's file name), or one
+// raw body (application/octet-stream, optionally gzip-encoded) to path.
+func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
+	c, owner, err := s.filesCaller(r)
+	if err != nil {
+		s.writeFSError(w, err)
+		return
+	}
+	target := r.URL.Query().Get("path")
+	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var written []fileInfo
+	if mediaType == "multipart/form-data" {
+		mr := multipart.NewReader(r.Body, params["boundary"])
+		for {
+			part, err := mr.NextPart()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				s.writeFSError(w, fmt.Errorf("%w: read multipart upload: %w", errInvalid, err))
+				return
+			}
+			if part.FormName() != "file" {
+				_ = part.Close()
+				continue
+			}
+			dst := target
+			if dst == "" {
+				dst = partFileName(part)
+			}
+			info, err := s.writeUpload(c, owner, dst, part)
+			_ = part.Close()
+			if err != nil {
+				s.writeFSError(w, err)
+				return
+			}
+			written = append(written, info)
+		}
+		if len(written) == 0 {
+			s.writeFSError(w, fmt.Errorf("%w: the upload has no part named \"file\"", errInvalid))
+			return
+		}
+	} else {
+		body := io.Reader(r.Body)
+		if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
+			gz, err := gzip.NewReader(r.Body)
+			if err != nil {
+				s.writeFSError(w, fmt.Errorf("%w: gzip upload: %w", errInvalid, err))
+				return
+			}
+			defer gz.Close()
+			body = gz
+		}
+		info, err := s.writeUpload(c, owner, target, body)
+		if err != nil {
+			s.writeFSError(w, err)
+			return
+		}
+		written = append(written, info)
+	}
+	writeJSON(w, written)
+}
+
+// partFileName is the part's full file name: the SDKs put the target path
+// there, and multipart.Part.FileName keeps only its last element.
+func partFileName(part *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
+}
+
+// writeUpload writes src to the caller's path p, creating parents for the
+// user and keeping an existing file's mode and owner.
+func (s *Server) writeUpload(c caller, owner *fsops.Owner, p string, src io.Reader) (fileInfo, error) {
+	if p == "" {
+		return fileInfo{}, fmt.Errorf("%w: the path query parameter is required", errInvalid)
+	}
+	p = c.resolvePath(p)
+	if err := fsops.MkdirAll(filepath.Dir(p), owner); err != nil {
+		return fileInfo{}, err
+	}
+	_, statErr := os.Lstat(p)
+	created := errors.Is(statErr, os.ErrNotExist)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		if errors.Is(err, syscall.EISDIR) {
+			return fileInfo{}, fmt.Errorf("%w: %s is a directory", fsops.ErrInvalid, p)
+		}
+		return fileInfo{}, fmt.Errorf("open %s for writing: %w", p, err)
+	}
+	if created && owner != nil {
+		if err := f.Chown(int(owner.UID), int(owner.GID)); err != nil {
+			_ = f.Close()
+			return fileInfo{}, fmt.Errorf("give %s to uid %d: %w", p, owner.UID, err)
+		}
+	}
+	_, err = io.Copy(f, clientReader{src})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if created {
+			_ = os.Remove(p) // no half-written new file
+		}
+		return fileInfo{}, fmt.Errorf("write %s: %w", p, err)
+	}
+	return fileInfo{Name: filepath.Base(p), Type: "file", Path: p}, nil
+}
