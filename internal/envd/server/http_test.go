@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -395,5 +396,27 @@ func TestMergeEnv(t *testing.T) {
 	want := []string{"PATH=/bin", "A=4", "B=2", "C=5"}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("mergeEnv = %v, want %v", got, want)
+	}
+}
+
+func TestCORSPreflight(t *testing.T) {
+	t.Parallel()
+	e := startEnvd(t, Options{})
+	if code, body := httpDo(t, "POST", e.url+"/init", "", `{"accessToken":"tok"}`); code != 204 {
+		t.Fatalf("init: %d %s", code, body)
+	}
+	req, _ := http.NewRequest("OPTIONS", e.url+"/process.Process/Start", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	req.Header.Set("Access-Control-Request-Headers", "authorization,x-access-token,content-type")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// Preflights carry no token and must still pass.
+	if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "*" ||
+		resp.Header.Get("Access-Control-Allow-Headers") != "authorization,x-access-token,content-type" {
+		t.Fatalf("preflight = %d %v", resp.StatusCode, resp.Header)
 	}
 }

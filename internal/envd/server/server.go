@@ -160,7 +160,12 @@ func cors(next http.Handler) http.Handler {
 			h.Set("Access-Control-Expose-Headers", "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Connect-Protocol-Version, Content-Encoding")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
-				h.Set("Access-Control-Allow-Headers", "*")
+				// Echo the asked-for headers: "*" would not cover
+				// Authorization, which the SDKs send to pick the user.
+				if asked := r.Header.Get("Access-Control-Request-Headers"); asked != "" {
+					h.Set("Access-Control-Allow-Headers", asked)
+				}
+				h.Add("Vary", "Access-Control-Request-Headers")
 				h.Set("Access-Control-Max-Age", "7200")
 				w.WriteHeader(http.StatusNoContent)
 				return
