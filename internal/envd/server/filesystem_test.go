@@ -81,10 +81,6 @@ func TestFilesystem(t *testing.T) {
 	wantCode(t, err, connect.CodeNotFound)
 	_, err = c.ListDir(ctx, connect.NewRequest(&fspb.ListDirRequest{Path: ""}))
 	wantCode(t, err, connect.CodeInvalidArgument, "path")
-
-	// Watchers are not implemented and say so.
-	_, err = c.CreateWatcher(ctx, connect.NewRequest(&fspb.CreateWatcherRequest{Path: dir}))
-	wantCode(t, err, connect.CodeUnimplemented)
 }
 
 func TestFilesystemPathsAreTheUsers(t *testing.T) {

@@ -57,6 +57,11 @@ func startEnvd(t *testing.T, opts Options) *testEnvd {
 		if left := srv.procs.List(); len(left) != 0 {
 			t.Errorf("%d processes still tracked after shutdown", len(left))
 		}
+		srv.watchers.mu.Lock()
+		if n := len(srv.watchers.byID); n != 0 {
+			t.Errorf("%d watchers left after shutdown", n)
+		}
+		srv.watchers.mu.Unlock()
 	})
 	return &testEnvd{srv: srv, url: "http://" + ln.Addr().String()}
 }

@@ -16,11 +16,9 @@ import (
 	"github.com/wrenn/wrenn/proto/envd/filesystem/filesystemconnect"
 )
 
-// filesystemService implements Stat, MakeDir, Move, ListDir and Remove of
-// filesystem.Filesystem. The watcher methods are not implemented yet and
-// answer unimplemented.
+// filesystemService implements filesystem.Filesystem for the requesting
+// user: paths are relative to their home, "~" expanded.
 type filesystemService struct {
-	filesystemconnect.UnimplementedFilesystemHandler
 	s *Server
 }
 

@@ -1,6 +1,5 @@
 // Package server is envd's network face: the Connect/gRPC/gRPC-Web
-// process.Process and filesystem.Filesystem services (the latter without its
-// watcher methods, which answer unimplemented) and the plain HTTP routes
+// process.Process and filesystem.Filesystem services and the plain HTTP routes
 // (/health, /init, /envs, /metrics, /files) on one port, over HTTP/1.1 and h2c.
 //
 // Everything but GET /health needs the sandbox's access token once /init set
@@ -54,10 +53,11 @@ type Options struct {
 
 // Server holds envd's state: the processes it started and what /init set.
 type Server struct {
-	log   *slog.Logger
-	opts  Options
-	procs *process.Manager
-	state state
+	log      *slog.Logger
+	opts     Options
+	procs    *process.Manager
+	state    state
+	watchers watchers
 }
 
 // New returns a Server ready to be served.
@@ -134,6 +134,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	shut := make(chan error, 1)
 	go func() { shut <- hs.Shutdown(sctx) }()
+	s.watchers.closeAll()
 	if err := s.procs.Shutdown(sctx); err != nil {
 		s.log.Warn("processes still running at shutdown", "error", err)
 	}
@@ -144,9 +145,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return serveErr
 }
 
-// Close kills every process the server started and waits for them; for
+// Close stops every watcher, kills every process the server started and
+// waits for them; for
 // callers that use Handler without Serve.
 func (s *Server) Close(ctx context.Context) error {
+	s.watchers.closeAll()
 	return s.procs.Shutdown(ctx)
 }
 
