@@ -97,7 +97,20 @@ func Run(ctx context.Context, o Options) (err error) {
 		say("first start: credentials generated in %s", filepath.Join(devDir, "credentials.json"))
 	}
 
-	st := &stack{stopTimeout: stopTimeout, log: o.Stderr}
+	// The servers' log files are opened before the shutdown below is
+	// deferred, so they stay open until the servers are gone.
+	pgLog, err := openLog(filepath.Join(logDir, "postgres.log"))
+	if err != nil {
+		return err
+	}
+	defer pgLog.Close()
+	redisLog, err := openLog(filepath.Join(logDir, "redis.log"))
+	if err != nil {
+		return err
+	}
+	defer redisLog.Close()
+
+	st := &stack{stopTimeout: stopTimeout, say: say}
 	// Whatever happens from here on, everything started is stopped again,
 	// with a context that the Ctrl-C which brought us here does not cancel.
 	defer func() {
@@ -136,11 +149,6 @@ func Run(ctx context.Context, o Options) (err error) {
 	}()
 
 	say("starting postgres on 127.0.0.1:%d", cfg.PostgresPort)
-	pgLog, err := openLog(filepath.Join(logDir, "postgres.log"))
-	if err != nil {
-		return err
-	}
-	defer pgLog.Close()
 	pg, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{
 		Dir: filepath.Join(devDir, "postgres"), Port: cfg.PostgresPort,
 		User: "wrenn", Password: creds.PostgresPassword, Database: "wrenn", Log: pgLog,
@@ -151,11 +159,6 @@ func Run(ctx context.Context, o Options) (err error) {
 	st.add(newProbedService("postgres", net.JoinHostPort("127.0.0.1", strconv.Itoa(pg.Port)), 2*time.Second, pg.Stop))
 
 	say("starting redis on 127.0.0.1:%d", cfg.RedisPort)
-	redisLog, err := openLog(filepath.Join(logDir, "redis.log"))
-	if err != nil {
-		return err
-	}
-	defer redisLog.Close()
 	rd, err := localsvc.StartRedis(ctx, localsvc.RedisOptions{
 		Dir: filepath.Join(devDir, "redis"), Port: cfg.RedisPort, Password: creds.RedisPassword, Persist: true, Log: redisLog,
 	})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -181,7 +182,7 @@ func TestShutdownDrainsThenStopsInReverseOrder(t *testing.T) {
 	t.Parallel()
 	log := &eventLog{}
 	var out bytes.Buffer
-	st := &stack{stopTimeout: time.Second, log: &out}
+	st := &stack{stopTimeout: time.Second, say: func(f string, a ...any) { fmt.Fprintf(&out, f+"\n", a...) }}
 	agent := newFake("host agent", log)
 	agent.stopErr = errors.New("killed after 15s")
 	for _, s := range []service{newFake("postgres", log), newFake("redis", log), newFake("control plane", log), agent} {
@@ -210,7 +211,7 @@ func TestShutdownDrainsThenStopsInReverseOrder(t *testing.T) {
 func TestShutdownWithoutControlPlaneSkipsDrain(t *testing.T) {
 	t.Parallel()
 	log := &eventLog{}
-	st := &stack{stopTimeout: time.Second, log: &bytes.Buffer{}}
+	st := &stack{stopTimeout: time.Second, say: func(string, ...any) {}}
 	st.add(newFake("postgres", log))
 	st.add(newFake("redis", log))
 	if err := st.shutdown(context.Background()); err != nil {
@@ -224,7 +225,7 @@ func TestShutdownWithoutControlPlaneSkipsDrain(t *testing.T) {
 func TestWatchNamesTheChildThatDied(t *testing.T) {
 	t.Parallel()
 	log := &eventLog{}
-	st := &stack{stopTimeout: time.Second, log: &bytes.Buffer{}}
+	st := &stack{stopTimeout: time.Second, say: func(string, ...any) {}}
 	cp, agent := newFake("control plane", log), newFake("host agent", log)
 	st.add(cp)
 	st.add(agent)
@@ -242,7 +243,7 @@ func TestWatchNamesTheChildThatDied(t *testing.T) {
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	st2 := &stack{stopTimeout: time.Second, log: &bytes.Buffer{}}
+	st2 := &stack{stopTimeout: time.Second, say: func(string, ...any) {}}
 	st2.add(newFake("control plane", log))
 	cancel()
 	if err := st2.watch(ctx); err != nil {

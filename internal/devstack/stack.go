@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 )
@@ -53,7 +52,8 @@ type stack struct {
 	drain func(ctx context.Context) error
 	// stopTimeout bounds each service's Stop.
 	stopTimeout time.Duration
-	log         io.Writer
+	// say reports progress on the console.
+	say func(format string, args ...any)
 }
 
 func (s *stack) add(svc service) {
@@ -102,7 +102,7 @@ func (s *stack) shutdown(ctx context.Context) error {
 	}
 	for i := len(s.services) - 1; i >= 0; i-- {
 		svc := s.services[i]
-		fmt.Fprintf(s.log, "[dev] stopping %s\n", svc.Name())
+		s.say("stopping %s", svc.Name())
 		sctx, cancel := context.WithTimeout(ctx, s.stopTimeout)
 		if err := svc.Stop(sctx); err != nil {
 			errs = append(errs, fmt.Errorf("stop %s: %w", svc.Name(), err))
