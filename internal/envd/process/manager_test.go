@@ -232,3 +232,19 @@ func openFDs(t *testing.T) int {
 	}
 	return len(entries)
 }
+
+func TestChildOOMScoreAdj(t *testing.T) {
+	t.Parallel()
+	adj := 100
+	m := newManager(t, Options{OOMScoreAdj: &adj})
+	// The value is written right after the start; the shell waits a moment
+	// and reads it through a child, which inherits it.
+	_, sub, err := m.Start(shell("sleep 0.3; cat /proc/self/oom_score_adj"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if out, _ := drain(t, sub); string(out) != "100\n" {
+		t.Fatalf("child oom_score_adj = %q, want 100", out)
+	}
+}

@@ -212,16 +212,17 @@ func (s *Server) callerOf(h http.Header) (caller, error) {
 		return caller{}, fmt.Errorf("%w: %w", errInvalid, err)
 	}
 	envs, defUser, workdir := s.state.snapshot()
+	source := "the Authorization header"
 	if name == "" {
-		name = defUser
+		name, source = defUser, "the default user set by /init"
 	}
 	if name == "" {
-		name = s.opts.DefaultUser
+		name, source = s.opts.DefaultUser, "envd's default user"
 	}
 	u, err := s.opts.Users.Lookup(name)
 	if err != nil {
 		if errors.Is(err, account.ErrUnknownUser) {
-			return caller{}, fmt.Errorf("%w: user %q does not exist in the sandbox", errInvalid, name)
+			return caller{}, fmt.Errorf("%w: user %q (from %s) does not exist in the sandbox", errInvalid, name, source)
 		}
 		return caller{}, fmt.Errorf("resolve user %q: %w", name, err)
 	}
