@@ -26,15 +26,19 @@ import (
 	"github.com/wrenn/wrenn/pkg/id"
 )
 
-// CI reports whether the tests run in CI (CI=true), where missing
-// dependencies fail tests instead of skipping them. This is test-only code
-// and the one place outside pkg/config that reads the environment.
-func CI() bool { return os.Getenv("CI") == "true" }
+// InCI reports whether the tests run in CI (CI=true), where missing
+// dependencies fail tests instead of skipping them.
+func InCI() bool { return Getenv("CI") == "true" }
+
+// Getenv reads a test setting from the environment (such as CI or the path
+// of a prebuilt image). It is test-only and the one place outside pkg/config
+// that reads the environment, so every test knob is greppable here.
+func Getenv(key string) string { return os.Getenv(key) }
 
 // unavailable skips or, in CI, fails t because a dependency is missing.
 func unavailable(t testing.TB, err error) {
 	t.Helper()
-	if errors.Is(err, localsvc.ErrNotInstalled) && !CI() {
+	if errors.Is(err, localsvc.ErrNotInstalled) && !InCI() {
 		t.Skipf("skipping: needs %v", err)
 	}
 	t.Fatalf("test dependency: %v", err)
