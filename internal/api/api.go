@@ -1,0 +1,169 @@
+// Package api is the control plane's REST API: routing, authentication,
+// input validation, the mapping of errors to {"error":{"code","message"}},
+// and the background work that sandbox operations start after answering 202.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/wrenn/wrenn/internal/hostclient"
+	"github.com/wrenn/wrenn/pkg/db"
+	"github.com/wrenn/wrenn/pkg/events"
+)
+
+// Deps are what the API needs, built by cpserver (or a test).
+type Deps struct {
+	DB     *pgxpool.Pool
+	Agents hostclient.Dialer
+	Events events.Publisher
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Health checks the API's dependencies for /healthz; nil checks the DB.
+	Health func(ctx context.Context) error
+	// AgentTimeout bounds one background agent operation; 0 means 2 minutes.
+	AgentTimeout time.Duration
+}
+
+// API serves the REST API and owns the background work it starts.
+type API struct {
+	d   Deps
+	q   *db.Queries
+	log *slog.Logger
+
+	// Background work runs under base, detached from requests; Wait waits
+	// for it and, past its deadline, cancels base.
+	base   context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
+}
+
+// New returns an API over d.
+func New(d Deps) *API {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.AgentTimeout == 0 {
+		d.AgentTimeout = 2 * time.Minute
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Health == nil {
+		d.Health = func(ctx context.Context) error { return d.DB.Ping(ctx) }
+	}
+	base, cancel := context.WithCancel(context.Background())
+	return &API{d: d, q: db.New(d.DB), log: d.Logger, base: base, cancel: cancel}
+}
+
+// Routes mounts every route of the API on r, with request ids, access logs
+// and panic recovery.
+func (a *API) Routes(r chi.Router) {
+	r.Use(a.requestContext)
+	r.Get("/healthz", a.healthz)
+	r.Route("/v1", func(r chi.Router) {
+		r.Post("/hosts/register", a.registerHost)
+		r.Post("/hosts/heartbeat", a.heartbeat)
+		r.Group(func(r chi.Router) {
+			r.Use(a.RequireAPIKey)
+			r.Post("/sandboxes", a.createSandbox)
+			r.Get("/sandboxes", a.listSandboxes)
+			r.Get("/sandboxes/{id}", a.getSandbox)
+			r.Delete("/sandboxes/{id}", a.deleteSandbox)
+			r.Post("/sandboxes/{id}/exec", a.execSandbox)
+			r.Group(func(r chi.Router) {
+				r.Use(requireAdmin)
+				r.Post("/admin/hosts", a.createHost)
+				r.Get("/admin/hosts", a.listHosts)
+			})
+		})
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no such route: " + r.Method + " " + r.URL.Path})
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, &Error{Status: http.StatusMethodNotAllowed, Code: CodeInvalidArgument, Message: "method " + r.Method + " is not allowed on " + r.URL.Path})
+	})
+}
+
+// Handler returns a router serving just the API.
+func (a *API) Handler() http.Handler {
+	r := chi.NewRouter()
+	a.Routes(r)
+	return r
+}
+
+// errShuttingDown refuses new background work once Wait has begun.
+var errShuttingDown = &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "the control plane is shutting down; retry against another replica or in a moment"}
+
+// goBackground runs fn detached from the request, with its own deadline.
+// It refuses once shutdown began, so Wait cannot miss work.
+func (a *API) goBackground(fn func(ctx context.Context)) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return errShuttingDown
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		ctx, cancel := context.WithTimeout(a.base, a.d.AgentTimeout)
+		defer cancel()
+		fn(ctx)
+	}()
+	return nil
+}
+
+// Wait stops accepting background work and waits for what runs. When ctx
+// ends first, the remaining work is cancelled (its agent calls return) and
+// Wait still waits for it to record its outcome, then returns ctx's error.
+func (a *API) Wait(ctx context.Context) error {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		a.cancel()
+		return nil
+	case <-ctx.Done():
+		a.cancel()
+		<-done
+		return ctx.Err()
+	}
+}
+
+func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if err := a.d.Health(ctx); err != nil {
+		a.fail(w, r, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "a dependency of the control plane is not answering", Cause: err})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// hashSecret is how API keys and host tokens are stored: hex SHA-256. The
+// secrets are 128+ random bits, so no salt or slow hash is needed, and
+// looking up by hash leaks nothing through timing.
+func hashSecret(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// HashSecret exposes hashSecret to the bootstrap, which stores the first key.
+func HashSecret(s string) string { return hashSecret(s) }
+
+func isNoRows(err error) bool { return errors.Is(err, errNoRows) }

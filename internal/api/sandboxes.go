@@ -1,0 +1,462 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/wrenn/wrenn/internal/hostclient"
+	"github.com/wrenn/wrenn/pkg/db"
+	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
+)
+
+// heartbeatWindow is how recent a host's heartbeat must be for placement
+// (agents beat every 30 s).
+const heartbeatWindow = 90 * time.Second
+
+// Sandbox is a sandbox as the API shows it.
+type Sandbox struct {
+	ID          string     `json:"id"`
+	Template    string     `json:"template"`
+	Status      string     `json:"status"`
+	VCPUs       int        `json:"vcpus"`
+	MemoryMB    int        `json:"memory_mb"`
+	DiskMB      int64      `json:"disk_mb"`
+	TimeoutSec  int        `json:"timeout_sec"`
+	HostID      string     `json:"host_id"`
+	CreatedAt   time.Time  `json:"created_at"`
+	StartedAt   *time.Time `json:"started_at"`
+	StoppedAt   *time.Time `json:"stopped_at"`
+	Error       string     `json:"error,omitempty"`
+	EnvdVersion string     `json:"envd_version"`
+}
+
+func sandboxJSON(s db.Sandbox) Sandbox {
+	return Sandbox{
+		ID: s.ID, Template: s.Template, Status: s.Status,
+		VCPUs: int(s.Vcpus), MemoryMB: int(s.MemoryMb), DiskMB: s.DiskMb, TimeoutSec: int(s.TimeoutSec),
+		HostID: s.HostID, CreatedAt: s.CreatedAt, StartedAt: s.StartedAt, StoppedAt: s.StoppedAt,
+		Error: s.Error, EnvdVersion: s.EnvdVersion,
+	}
+}
+
+// createRequest is POST /v1/sandboxes. Pointers tell "absent" from zero.
+type createRequest struct {
+	Template   string `json:"template"`
+	VCPUs      *int   `json:"vcpus"`
+	MemoryMB   *int   `json:"memory_mb"`
+	DiskMB     *int   `json:"disk_mb"`
+	TimeoutSec *int   `json:"timeout_sec"`
+}
+
+// Bounds of a sandbox's resources.
+const (
+	minVCPUs, maxVCPUs           = 1, 8
+	minMemoryMB, maxMemoryMB     = 128, 16384
+	minDiskMB, maxDiskMB         = 256, 1 << 20
+	minTimeoutSec, maxTimeoutSec = 1, 86400
+)
+
+func orDefault(p *int, def int) int {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func (req createRequest) validate() error {
+	if req.Template == "" {
+		return invalid("template", "is required (for example \"minimal\")")
+	}
+	if v := orDefault(req.VCPUs, 1); v < minVCPUs || v > maxVCPUs {
+		return invalid("vcpus", "must be between %d and %d, got %d", minVCPUs, maxVCPUs, v)
+	}
+	if v := orDefault(req.MemoryMB, 512); v < minMemoryMB || v > maxMemoryMB {
+		return invalid("memory_mb", "must be between %d and %d, got %d", minMemoryMB, maxMemoryMB, v)
+	}
+	if v := orDefault(req.DiskMB, 0); v != 0 && (v < minDiskMB || v > maxDiskMB) {
+		return invalid("disk_mb", "must be 0 (the host's default) or between %d and %d, got %d", minDiskMB, maxDiskMB, v)
+	}
+	if v := orDefault(req.TimeoutSec, 300); v < minTimeoutSec || v > maxTimeoutSec {
+		return invalid("timeout_sec", "must be between %d and %d, got %d", minTimeoutSec, maxTimeoutSec, v)
+	}
+	return nil
+}
+
+func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
+	p := principal(r)
+	var req createRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := req.validate(); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	ok, err := a.q.TemplateVisible(ctx, db.TemplateVisibleParams{Name: req.Template, TeamID: p.TeamID})
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("look up template: %w", err))
+		return
+	}
+	if !ok {
+		a.fail(w, r, invalid("template", "unknown template %q", req.Template))
+		return
+	}
+	host, err := a.q.PickHost(ctx, a.d.Now().Add(-heartbeatWindow))
+	if isNoRows(err) {
+		a.fail(w, r, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "no host is online to run the sandbox; try again shortly or ask an administrator to add a host"})
+		return
+	}
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("pick host: %w", err))
+		return
+	}
+	sb, err := a.q.InsertSandbox(ctx, db.InsertSandboxParams{
+		ID:         id.New(id.Sandbox),
+		TeamID:     p.TeamID,
+		HostID:     host.ID,
+		Template:   req.Template,
+		Vcpus:      int32(orDefault(req.VCPUs, 1)),
+		MemoryMb:   int32(orDefault(req.MemoryMB, 512)),
+		DiskMb:     int64(orDefault(req.DiskMB, 0)),
+		TimeoutSec: int32(orDefault(req.TimeoutSec, 300)),
+	})
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("insert sandbox: %w", err))
+		return
+	}
+	actor := "api:" + p.KeyID
+	if err := a.goBackground(func(ctx context.Context) { a.startSandbox(ctx, sb, host.Address, actor) }); err != nil {
+		// Shutting down: nothing will start it, so say so in its record.
+		a.settleError(context.WithoutCancel(ctx), sb, lifecycle.Starting, "the control plane shut down before the sandbox could start; create it again", actor)
+		a.fail(w, r, err)
+		return
+	}
+	a.reqLog(r).Info("sandbox accepted", "sandbox_id", sb.ID, "host_id", host.ID)
+	writeJSON(w, http.StatusAccepted, sandboxJSON(sb))
+}
+
+// startSandbox asks the host to boot sb and records the outcome with
+// compare-and-set writes. It runs in the background.
+func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor string) {
+	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
+	agent, err := a.d.Agents.Agent(sb.HostID, address)
+	var res hostclient.Sandbox
+	if err == nil {
+		res, err = agent.CreateSandbox(ctx, hostclient.CreateRequest{
+			SandboxID:     sb.ID,
+			Template:      sb.Template,
+			VCPUs:         uint32(sb.Vcpus),
+			MemoryMB:      uint32(sb.MemoryMb),
+			DiskMB:        uint64(sb.DiskMb),
+			TimeoutSec:    uint32(sb.TimeoutSec),
+			AllowInternet: true,
+		})
+	}
+	// Writes and cleanup must happen even when the deadline hit the RPC.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err != nil {
+		log.Warn("create sandbox on host failed", "err", err)
+		// Make sure nothing is left on the host before calling it an error.
+		if agent != nil {
+			if derr := agent.DestroySandbox(wctx, sb.ID); derr != nil && !errors.Is(derr, hostclient.ErrNotFound) {
+				log.Warn("clean up after failed create", "err", derr)
+			}
+		}
+		a.settleError(wctx, sb, lifecycle.Starting, createFailure(err, a.d.AgentTimeout), "worker")
+		return
+	}
+	started := res.StartedAt
+	if started.IsZero() {
+		started = a.d.Now()
+	}
+	disk := int64(res.DiskMB)
+	if disk == 0 {
+		disk = sb.DiskMb
+	}
+	_, err = a.q.UpdateSandboxRunningIf(wctx, db.UpdateSandboxRunningIfParams{
+		ID: sb.ID, TeamID: sb.TeamID, Expected: string(lifecycle.Starting),
+		HostIp: res.HostIP, GuestIp: res.GuestIP, EnvdVersion: res.EnvdVersion, DiskMb: disk, StartedAt: &started,
+	})
+	switch {
+	case err == nil:
+		log.Info("sandbox running")
+		a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Starting, To: lifecycle.Running, Actor: actor})
+	case isNoRows(err):
+		// Someone moved it on while it booted (a delete). If it is on its
+		// way out, the destroy may have run before the sandbox existed on
+		// the host: destroy it again so nothing is left behind.
+		cur, gerr := a.q.GetSandbox(wctx, db.GetSandboxParams{ID: sb.ID, TeamID: sb.TeamID})
+		if gerr != nil {
+			log.Error("re-read sandbox after lost race", "err", gerr)
+			return
+		}
+		log.Info("sandbox changed while starting", "status", cur.Status)
+		if st := lifecycle.Status(cur.Status); st == lifecycle.Stopping || st == lifecycle.Stopped {
+			if derr := agent.DestroySandbox(wctx, sb.ID); derr != nil && !errors.Is(derr, hostclient.ErrNotFound) {
+				log.Error("destroy sandbox that was deleted while starting", "err", derr)
+			}
+		}
+	default:
+		log.Error("record running sandbox", "err", err)
+	}
+}
+
+// createFailure is the user-readable reason a create failed.
+func createFailure(err error, timeout time.Duration) string {
+	var he *hostclient.Error
+	errors.As(err, &he)
+	switch {
+	case errors.Is(err, hostclient.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("the sandbox did not start within %s", timeout)
+	case errors.Is(err, hostclient.ErrUnavailable):
+		return "the host could not be reached to start the sandbox"
+	case he != nil && (errors.Is(err, hostclient.ErrInvalid) || errors.Is(err, hostclient.ErrConflict)):
+		return "the host refused to start the sandbox: " + he.Message
+	}
+	return "the host failed to start the sandbox"
+}
+
+// settleError moves sb from expected to error (CAS) and publishes the outcome.
+func (a *API) settleError(ctx context.Context, sb db.Sandbox, expected lifecycle.Status, msg, actor string) {
+	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
+	_, err := a.q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: sb.ID, TeamID: sb.TeamID, Expected: string(expected), Error: msg})
+	if isNoRows(err) {
+		log.Info("sandbox left "+string(expected)+" before its failure was recorded", "failure", msg)
+		return
+	}
+	if err != nil {
+		log.Error("record sandbox error", "err", err)
+		return
+	}
+	a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: expected, To: lifecycle.Error, Actor: actor, Error: msg})
+}
+
+// publish sends an event; a Redis failure is logged, never the caller's
+// failure.
+func (a *API) publish(ctx context.Context, log interface {
+	Warn(string, ...any)
+}, e events.Event) {
+	if e.Time.IsZero() {
+		e.Time = a.d.Now().UTC()
+	}
+	if a.d.Events == nil {
+		return
+	}
+	if err := a.d.Events.Publish(ctx, e); err != nil {
+		log.Warn("publish lifecycle event", "err", err, "from", e.From, "to", e.To)
+	}
+}
+
+func (a *API) listSandboxes(w http.ResponseWriter, r *http.Request) {
+	rows, err := a.q.ListSandboxes(r.Context(), principal(r).TeamID)
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("list sandboxes: %w", err))
+		return
+	}
+	out := make([]Sandbox, len(rows))
+	for i, s := range rows {
+		out[i] = sandboxJSON(s)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out})
+}
+
+// loadSandbox returns the caller's sandbox {id}; another team's is "not
+// found", never "forbidden", so ids of other teams cannot be probed.
+func (a *API) loadSandbox(r *http.Request) (db.Sandbox, error) {
+	sid := chi.URLParam(r, "id")
+	if !id.Valid(id.Sandbox, sid) {
+		return db.Sandbox{}, notFound("sandbox", sid)
+	}
+	sb, err := a.q.GetSandbox(r.Context(), db.GetSandboxParams{ID: sid, TeamID: principal(r).TeamID})
+	if isNoRows(err) {
+		return db.Sandbox{}, notFound("sandbox", sid)
+	}
+	if err != nil {
+		return db.Sandbox{}, fmt.Errorf("get sandbox %s: %w", sid, err)
+	}
+	return sb, nil
+}
+
+func (a *API) getSandbox(w http.ResponseWriter, r *http.Request) {
+	sb, err := a.loadSandbox(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sandboxJSON(sb))
+}
+
+func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
+	sb, err := a.loadSandbox(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	actor := "api:" + principal(r).KeyID
+	// Retry when another writer moved the sandbox between our read and our
+	// compare-and-set; a handful of rounds settles any real race.
+	for range 5 {
+		from := lifecycle.Status(sb.Status)
+		if from == lifecycle.Stopping || from == lifecycle.Stopped {
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		if err := lifecycle.Check(from, lifecycle.Stopping); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
+			ID: sb.ID, TeamID: sb.TeamID, Expected: string(from), Status: string(lifecycle.Stopping),
+		})
+		if err == nil {
+			host, herr := a.q.GetHost(ctx, moved.HostID)
+			if herr != nil {
+				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the sandbox's host is unknown", actor)
+				a.fail(w, r, fmt.Errorf("get host %s: %w", moved.HostID, herr))
+				return
+			}
+			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: lifecycle.Stopping, Actor: actor})
+			if err := a.goBackground(func(ctx context.Context) { a.stopSandbox(ctx, moved, host.Address, actor) }); err != nil {
+				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the control plane shut down before the sandbox was stopped; delete it again", actor)
+				a.fail(w, r, err)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		if !isNoRows(err) {
+			a.fail(w, r, fmt.Errorf("mark sandbox stopping: %w", err))
+			return
+		}
+		if sb, err = a.loadSandbox(r); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	a.fail(w, r, conflict("the sandbox is changing state; try again"))
+}
+
+// stopSandbox destroys sb on its host and records stopped, or error when the
+// host failed. It runs in the background.
+func (a *API) stopSandbox(ctx context.Context, sb db.Sandbox, address, actor string) {
+	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
+	agent, err := a.d.Agents.Agent(sb.HostID, address)
+	if err == nil {
+		err = agent.DestroySandbox(ctx, sb.ID)
+		if errors.Is(err, hostclient.ErrNotFound) {
+			err = nil // gone already: that is what we wanted
+		}
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err != nil {
+		log.Warn("destroy sandbox on host failed", "err", err)
+		msg := "the host failed to stop the sandbox; delete it again"
+		if errors.Is(err, hostclient.ErrUnavailable) || errors.Is(err, hostclient.ErrTimeout) {
+			msg = "the host could not be reached to stop the sandbox; delete it again"
+		}
+		a.settleError(wctx, sb, lifecycle.Stopping, msg, "worker")
+		return
+	}
+	now := a.d.Now()
+	_, err = a.q.UpdateSandboxStoppedIf(wctx, db.UpdateSandboxStoppedIfParams{ID: sb.ID, TeamID: sb.TeamID, Expected: string(lifecycle.Stopping), StoppedAt: &now})
+	if isNoRows(err) {
+		log.Info("sandbox left stopping before it was recorded stopped")
+		return
+	}
+	if err != nil {
+		log.Error("record stopped sandbox", "err", err)
+		return
+	}
+	log.Info("sandbox stopped")
+	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Stopping, To: lifecycle.Stopped, Actor: actor})
+}
+
+// execRequest is POST /v1/sandboxes/{id}/exec. Args is a pointer so an
+// absent list (run cmd with /bin/sh -c) differs from an empty one.
+type execRequest struct {
+	Cmd        string            `json:"cmd"`
+	Args       *[]string         `json:"args"`
+	Env        map[string]string `json:"env"`
+	Cwd        string            `json:"cwd"`
+	User       string            `json:"user"`
+	TimeoutSec *int              `json:"timeout_sec"`
+}
+
+// ExecResult is the answer of POST /v1/sandboxes/{id}/exec.
+type ExecResult struct {
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+	ExitCode   int    `json:"exit_code"`
+	TimedOut   bool   `json:"timed_out"`
+	DurationMS int64  `json:"duration_ms"`
+}
+
+const maxExecTimeoutSec = 3600
+
+func (a *API) execSandbox(w http.ResponseWriter, r *http.Request) {
+	var req execRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if req.Cmd == "" {
+		a.fail(w, r, invalid("cmd", "is required"))
+		return
+	}
+	timeout := orDefault(req.TimeoutSec, 60)
+	if timeout < 1 || timeout > maxExecTimeoutSec {
+		a.fail(w, r, invalid("timeout_sec", "must be between 1 and %d, got %d", maxExecTimeoutSec, timeout))
+		return
+	}
+	sb, err := a.loadSandbox(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if sb.Status != string(lifecycle.Running) {
+		a.fail(w, r, conflict(fmt.Sprintf("sandbox %s is %s; commands run only in a running sandbox", sb.ID, sb.Status)))
+		return
+	}
+	host, err := a.q.GetHost(r.Context(), sb.HostID)
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("get host %s: %w", sb.HostID, err))
+		return
+	}
+	agent, err := a.d.Agents.Agent(host.ID, host.Address)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	cmd, args := req.Cmd, []string(nil)
+	if req.Args == nil {
+		cmd, args = "/bin/sh", []string{"-c", req.Cmd}
+	} else {
+		args = *req.Args
+	}
+	// The agent enforces the command's timeout; ours only guards against a
+	// host that never answers.
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(timeout)*time.Second+30*time.Second)
+	defer cancel()
+	res, err := agent.Exec(ctx, hostclient.ExecRequest{
+		SandboxID: sb.ID, Cmd: cmd, Args: args, Env: req.Env, Cwd: req.Cwd, User: req.User, TimeoutSec: uint32(timeout),
+	})
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ExecResult{
+		Stdout: string(res.Stdout), Stderr: string(res.Stderr), ExitCode: res.ExitCode,
+		TimedOut: res.TimedOut, DurationMS: res.Duration.Milliseconds(),
+	})
+}
