@@ -20,8 +20,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/pressly/goose/v3"
-	"github.com/pressly/goose/v3/lock"
 	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/db/migrations"
 	"github.com/wrenn/wrenn/internal/api"
@@ -272,22 +270,13 @@ func connectRedis(ctx context.Context, url string) (*redis.Client, error) {
 	return rdb, nil
 }
 
-// Migrate applies the embedded migrations that are not applied yet. A
-// Postgres session lock makes concurrent replicas apply them once.
+// Migrate applies the embedded migrations that are not applied yet.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	sqlDB := stdlib.OpenDBFromPool(pool)
 	defer sqlDB.Close()
-	locker, err := lock.NewPostgresSessionLocker()
+	results, err := migrations.Apply(ctx, sqlDB)
 	if err != nil {
-		return fmt.Errorf("migrations: create lock: %w", err)
-	}
-	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, migrations.FS, goose.WithSessionLocker(locker))
-	if err != nil {
-		return fmt.Errorf("migrations: %w", err)
-	}
-	results, err := p.Up(ctx)
-	if err != nil {
-		return fmt.Errorf("apply migrations: %w", err)
+		return err
 	}
 	for _, r := range results {
 		log.Info("applied migration", "version", r.Source.Version, "file", r.Source.Path, "duration", r.Duration)

@@ -1,0 +1,228 @@
+package db_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/wrenn/wrenn/db/migrations"
+	"github.com/wrenn/wrenn/internal/testenv"
+	"github.com/wrenn/wrenn/pkg/db"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func setup(t *testing.T) (*pgxpool.Pool, *db.Queries) {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(testenv.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 60
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	sqlDB := stdlib.OpenDBFromPool(pool)
+	defer sqlDB.Close()
+	if _, err := migrations.Apply(ctx, sqlDB); err != nil {
+		t.Fatal(err)
+	}
+	q := db.New(pool)
+	for _, team := range []string{"team-a", "team-b"} {
+		if err := q.CreateTeam(ctx, db.CreateTeamParams{ID: team, Name: team}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.CreateHost(ctx, db.CreateHostParams{ID: "host-1", Name: "h1"}); err != nil {
+		t.Fatal(err)
+	}
+	return pool, q
+}
+
+func newSandbox(t *testing.T, q *db.Queries, id string) db.Sandbox {
+	t.Helper()
+	sb, err := q.InsertSandbox(context.Background(), db.InsertSandboxParams{
+		ID: id, TeamID: "team-a", HostID: "host-1", Template: "minimal", Vcpus: 1, MemoryMb: 512, TimeoutSec: 300,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Status != "starting" {
+		t.Fatalf("new sandbox is %s", sb.Status)
+	}
+	return sb
+}
+
+func get(t *testing.T, q *db.Queries, id string) db.Sandbox {
+	t.Helper()
+	sb, err := q.GetSandbox(context.Background(), db.GetSandboxParams{ID: id, TeamID: "team-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
+// Each compare-and-set query, raced by 50 writers from the same expected
+// status: exactly one wins, the others get ErrNoRows, and the row is the
+// winner's.
+func TestCASExactlyOneWinner(t *testing.T) {
+	t.Parallel()
+	_, q := setup(t)
+	ctx := context.Background()
+	started := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	stopped := started.Add(time.Hour)
+	kinds := map[string]func(id string, i int) (db.Sandbox, error){
+		"status": func(id string, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: id, TeamID: "team-a", Expected: "starting", Status: "stopping"})
+		},
+		"running": func(id string, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: id, TeamID: "team-a", Expected: "starting",
+				HostIp: "10.0.0.1", GuestIp: "10.0.0.2", EnvdVersion: "v1", DiskMb: int64(i), StartedAt: &started})
+		},
+		"error": func(id string, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: id, TeamID: "team-a", Expected: "starting", Error: "e"})
+		},
+		"stopped": func(id string, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: id, TeamID: "team-a", Expected: "starting", StoppedAt: &stopped})
+		},
+	}
+	for name, cas := range kinds {
+		t.Run(name, func(t *testing.T) {
+			sid := "sb-" + name
+			newSandbox(t, q, sid)
+			var (
+				wg      sync.WaitGroup
+				mu      sync.Mutex
+				winners []db.Sandbox
+				other   []error
+			)
+			for i := range 50 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sb, err := cas(sid, i)
+					mu.Lock()
+					defer mu.Unlock()
+					switch {
+					case err == nil:
+						winners = append(winners, sb)
+					case !errors.Is(err, pgx.ErrNoRows):
+						other = append(other, err)
+					}
+				}()
+			}
+			wg.Wait()
+			if len(other) > 0 {
+				t.Fatalf("unexpected errors: %v", other)
+			}
+			if len(winners) != 1 {
+				t.Fatalf("%d winners, want exactly 1", len(winners))
+			}
+			final := get(t, q, sid)
+			if final.Status != winners[0].Status || final.DiskMb != winners[0].DiskMb || !final.UpdatedAt.Equal(winners[0].UpdatedAt) {
+				t.Errorf("row %+v is not the winner's %+v", final, winners[0])
+			}
+		})
+	}
+}
+
+// Writers racing toward different statuses from the same one: one wins, and
+// a loser changes nothing, not even fields its status would have set.
+func TestCASLoserChangesNothing(t *testing.T) {
+	t.Parallel()
+	_, q := setup(t)
+	ctx := context.Background()
+	newSandbox(t, q, "sb-mixed")
+	now := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := map[string]int{}
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			var who string
+			switch i % 3 {
+			case 0:
+				who = "running"
+				_, err = q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", HostIp: "h", GuestIp: "g", StartedAt: &now})
+			case 1:
+				who = "error"
+				_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Error: "boom"})
+			case 2:
+				who = "stopping"
+				_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Status: "stopping"})
+			}
+			if err == nil {
+				mu.Lock()
+				wins[who]++
+				mu.Unlock()
+			} else if !errors.Is(err, pgx.ErrNoRows) {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(wins) != 1 {
+		t.Fatalf("winners %v, want exactly one", wins)
+	}
+	sb := get(t, q, "sb-mixed")
+	for who, n := range wins {
+		if n != 1 || sb.Status != who {
+			t.Fatalf("winner %s x%d, row status %s", who, n, sb.Status)
+		}
+	}
+	if (sb.Status == "running") != (sb.HostIp == "h" && sb.StartedAt != nil) {
+		t.Errorf("running fields half-applied: %+v", sb)
+	}
+	if (sb.Status == "error") != (sb.Error == "boom") {
+		t.Errorf("error field half-applied: %+v", sb)
+	}
+}
+
+func TestCASFiltersByTeamAndStatus(t *testing.T) {
+	t.Parallel()
+	_, q := setup(t)
+	ctx := context.Background()
+	before := newSandbox(t, q, "sb-team")
+	_, err := q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-team", TeamID: "team-b", Expected: "starting", Status: "stopping"})
+	if !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("other team's CAS: %v, want ErrNoRows", err)
+	}
+	_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-team", TeamID: "team-a", Expected: "running", Status: "stopping"})
+	if !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("wrong expected status: %v, want ErrNoRows", err)
+	}
+	if _, err := q.GetSandbox(ctx, db.GetSandboxParams{ID: "sb-team", TeamID: "team-b"}); !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("other team's get: %v", err)
+	}
+	if after := get(t, q, "sb-team"); after != before {
+		t.Errorf("row changed: %+v -> %+v", before, after)
+	}
+	list, err := q.ListSandboxes(ctx, "team-b")
+	if err != nil || len(list) != 0 {
+		t.Errorf("team-b lists %d sandboxes, %v", len(list), err)
+	}
+}
+
+// The status column refuses anything outside the state machine, so a bug
+// cannot store a status no reader understands.
+func TestStatusCheckConstraint(t *testing.T) {
+	t.Parallel()
+	_, q := setup(t)
+	newSandbox(t, q, "sb-check")
+	_, err := q.UpdateSandboxStatusIf(context.Background(), db.UpdateSandboxStatusIfParams{ID: "sb-check", TeamID: "team-a", Expected: "starting", Status: "flying"})
+	if err == nil || errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("unknown status stored: %v", err)
+	}
+}
