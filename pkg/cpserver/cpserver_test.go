@@ -1,0 +1,256 @@
+package cpserver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/wrenn/wrenn/internal/hostclient"
+	"github.com/wrenn/wrenn/internal/testenv"
+	"github.com/wrenn/wrenn/pkg/config"
+	"github.com/wrenn/wrenn/pkg/id"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func counts(t *testing.T, pool *pgxpool.Pool) (users, teams, keys, members int) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(),
+		"SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM teams), (SELECT count(*) FROM api_keys), (SELECT count(*) FROM team_members)").
+		Scan(&users, &teams, &keys, &members)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
+func TestBootstrapIdempotent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	logs := &syncBuf{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	if err := Migrate(ctx, pool, log); err != nil {
+		t.Fatal(err)
+	}
+	key := id.NewAPIKey()
+	// Replicas starting together bootstrap once.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = Bootstrap(ctx, pool, key, "root@example.com", log) }()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u, tm, k, m := counts(t, pool); u != 1 || tm != 1 || k != 1 || m != 1 {
+		t.Fatalf("after bootstrap: %d users %d teams %d keys %d members", u, tm, k, m)
+	}
+	var admin bool
+	var role, stored, prefix string
+	err = pool.QueryRow(ctx, `SELECT u.is_admin, m.role, k.key_hash, k.key_prefix FROM users u
+		JOIN team_members m ON m.user_id = u.id JOIN api_keys k ON k.user_id = u.id WHERE u.email = 'root@example.com'`).Scan(&admin, &role, &stored, &prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !admin || role != "owner" || stored == key || len(stored) != 64 || !strings.HasPrefix(key, strings.TrimSuffix(prefix, "…")) {
+		t.Errorf("admin=%v role=%s hash=%s prefix=%s", admin, role, stored, prefix)
+	}
+	// Same key again: nothing changes, nothing is said.
+	if err := Bootstrap(ctx, pool, key, "root@example.com", log); err != nil {
+		t.Fatal(err)
+	}
+	if u, tm, k, _ := counts(t, pool); u != 1 || tm != 1 || k != 1 {
+		t.Fatal("second bootstrap changed the database")
+	}
+	if strings.Contains(logs.String(), "WARN") {
+		t.Errorf("warned on an idempotent bootstrap: %s", logs)
+	}
+	// Another key on a populated database: warning, nothing created.
+	if err := Bootstrap(ctx, pool, id.NewAPIKey(), "other@example.com", log); err != nil {
+		t.Fatal(err)
+	}
+	if u, tm, k, _ := counts(t, pool); u != 1 || tm != 1 || k != 1 {
+		t.Fatal("bootstrap with a new key on a populated database changed it")
+	}
+	if !strings.Contains(logs.String(), "WARN") {
+		t.Error("no warning for an ignored bootstrap key")
+	}
+}
+
+// Run end to end on real Postgres and Redis with the fake agent: it migrates,
+// bootstraps, serves, and on cancel drains, waits for background work and
+// returns nil.
+func TestRunServesAndShutsDown(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	key := id.NewAPIKey()
+	env := map[string]string{
+		"WRENN_DIR":               dir,
+		"DATABASE_URL":            testenv.Postgres(t),
+		"REDIS_URL":               testenv.Redis(t),
+		"WRENN_BOOTSTRAP_API_KEY": key,
+		"LOG_LEVEL":               "debug",
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := hostclient.NewFake()
+	release := make(chan struct{})
+	fake.OnCreate = func(ctx context.Context, _ hostclient.CreateRequest) error {
+		<-release
+		return nil
+	}
+	stderr := &syncBuf{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx,
+			WithEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }),
+			WithListener(ln), WithStderr(stderr), WithAgentDialer(fake), WithVersion("test"),
+			WithReady(func(a net.Addr) { ready <- a }))
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v\n%s", err, stderr)
+	case <-time.After(60 * time.Second):
+		t.Fatal("not ready")
+	}
+	base := "http://" + addr.String()
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	call := func(method, path, body string, hdr ...string) (int, []byte) {
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("X-API-Key", key)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	if code, _ := call("GET", "/healthz", ""); code != 200 {
+		t.Fatalf("healthz %d", code)
+	}
+	// The bootstrap key is an admin's: register a host through the API.
+	code, b := call("POST", "/v1/admin/hosts", `{"name":"h1"}`)
+	if code != 201 {
+		t.Fatalf("create host %d %s", code, b)
+	}
+	var host struct {
+		Token string `json:"registration_token"`
+	}
+	_ = json.Unmarshal(b, &host)
+	if code, b := call("POST", "/v1/hosts/register", `{"registration_token":"`+host.Token+`","address":"http://127.0.0.1:1","runtime":"fake"}`); code != 200 {
+		t.Fatalf("register %d %s", code, b)
+	}
+	code, b = call("POST", "/v1/sandboxes", `{"template":"minimal"}`)
+	if code != 202 {
+		t.Fatalf("create %d %s", code, b)
+	}
+	var sb struct{ ID string }
+	_ = json.Unmarshal(b, &sb)
+
+	// Shut down while the create is in flight: Run must wait for it.
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned (%v) while background work ran", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the work finished")
+	}
+	// The outcome was recorded before the pool closed.
+	pool, err := pgxpool.New(context.Background(), env["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var status string
+	if err := pool.QueryRow(context.Background(), "SELECT status FROM sandboxes WHERE id = $1", sb.ID).Scan(&status); err != nil || status != "running" {
+		t.Fatalf("sandbox %s after shutdown: %q %v", sb.ID, status, err)
+	}
+	logFile, err := os.ReadFile(filepath.Join(dir, "logs", "control-plane.log"))
+	if err != nil || !bytes.Contains(logFile, []byte(`"msg":"sandbox running"`)) {
+		t.Errorf("JSON log file lacks the sandbox's start: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
+		t.Error("still listening after Run returned")
+	}
+}
+
+func TestRunReportsBadConfigAndDependencies(t *testing.T) {
+	t.Parallel()
+	err := Run(context.Background(), WithEnv(func(string) (string, bool) { return "", false }), WithStderr(io.Discard))
+	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL is required") {
+		t.Errorf("missing config: %v", err)
+	}
+	port, _ := freePort()
+	cfg := config.ControlPlane{Dir: t.TempDir(), Listen: "127.0.0.1:0", DatabaseURL: "postgres://u:p@127.0.0.1:" + port + "/x", RedisURL: "redis://127.0.0.1:1"}
+	err = Run(context.Background(), WithConfig(cfg), WithStderr(io.Discard))
+	if err == nil || !strings.Contains(err.Error(), "connect to postgres") {
+		t.Errorf("unreachable postgres: %v", err)
+	}
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	_, p, _ := net.SplitHostPort(l.Addr().String())
+	return p, nil
+}
