@@ -182,18 +182,19 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 	if disk == 0 {
 		disk = sb.DiskMb
 	}
-	_, err = a.q.UpdateSandboxRunningIf(wctx, db.UpdateSandboxRunningIfParams{
-		ID: sb.ID, TeamID: sb.TeamID, Expected: string(lifecycle.Starting),
-		HostIp: res.HostIP, GuestIp: res.GuestIP, EnvdVersion: res.EnvdVersion, DiskMb: disk, StartedAt: &started,
-	})
+	// The outcome is published before it is recorded: if this process dies
+	// in between, the event consumer records it instead.
+	info := &events.RunningInfo{HostIP: res.HostIP, GuestIP: res.GuestIP, EnvdVersion: res.EnvdVersion, DiskMB: disk, StartedAt: started}
+	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Starting, To: lifecycle.Running, Actor: actor, Running: info})
+	_, err = a.q.UpdateSandboxRunningIf(wctx, runningParams(sb.ID, sb.TeamID, lifecycle.Starting, info))
 	switch {
 	case err == nil:
 		log.Info("sandbox running")
-		a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Starting, To: lifecycle.Running, Actor: actor})
 	case isNoRows(err):
-		// Someone moved it on while it booted (a delete). If it is on its
-		// way out, the destroy may have run before the sandbox existed on
-		// the host: destroy it again so nothing is left behind.
+		// Someone moved it on while it booted: the event consumer recorded
+		// it already, or a delete came in. If it is on its way out, the
+		// destroy may have run before the sandbox existed on the host:
+		// destroy it again so nothing is left behind.
 		cur, gerr := a.q.GetSandbox(wctx, db.GetSandboxParams{ID: sb.ID, TeamID: sb.TeamID})
 		if gerr != nil {
 			log.Error("re-read sandbox after lost race", "err", gerr)
@@ -207,6 +208,14 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 		}
 	default:
 		log.Error("record running sandbox", "err", err)
+	}
+}
+
+func runningParams(sid, teamID string, expected lifecycle.Status, r *events.RunningInfo) db.UpdateSandboxRunningIfParams {
+	started := r.StartedAt
+	return db.UpdateSandboxRunningIfParams{
+		ID: sid, TeamID: teamID, Expected: string(expected),
+		HostIp: r.HostIP, GuestIp: r.GuestIP, EnvdVersion: r.EnvdVersion, DiskMb: r.DiskMB, StartedAt: &started,
 	}
 }
 
@@ -225,9 +234,11 @@ func createFailure(err error, timeout time.Duration) string {
 	return "the host failed to start the sandbox"
 }
 
-// settleError moves sb from expected to error (CAS) and publishes the outcome.
+// settleError publishes and then records (CAS) sb's move from expected to
+// error.
 func (a *API) settleError(ctx context.Context, sb db.Sandbox, expected lifecycle.Status, msg, actor string) {
 	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
+	a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: expected, To: lifecycle.Error, Actor: actor, Error: msg})
 	_, err := a.q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: sb.ID, TeamID: sb.TeamID, Expected: string(expected), Error: msg})
 	if isNoRows(err) {
 		log.Info("sandbox left "+string(expected)+" before its failure was recorded", "failure", msg)
@@ -235,9 +246,7 @@ func (a *API) settleError(ctx context.Context, sb db.Sandbox, expected lifecycle
 	}
 	if err != nil {
 		log.Error("record sandbox error", "err", err)
-		return
 	}
-	a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: expected, To: lifecycle.Error, Actor: actor, Error: msg})
 }
 
 // publish sends an event; a Redis failure is logged, never the caller's
@@ -369,9 +378,10 @@ func (a *API) stopSandbox(ctx context.Context, sb db.Sandbox, address, actor str
 		return
 	}
 	now := a.d.Now()
+	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Stopping, To: lifecycle.Stopped, Actor: actor, Time: now})
 	_, err = a.q.UpdateSandboxStoppedIf(wctx, db.UpdateSandboxStoppedIfParams{ID: sb.ID, TeamID: sb.TeamID, Expected: string(lifecycle.Stopping), StoppedAt: &now})
 	if isNoRows(err) {
-		log.Info("sandbox left stopping before it was recorded stopped")
+		log.Info("sandbox left stopping before this worker recorded it stopped")
 		return
 	}
 	if err != nil {
@@ -379,7 +389,6 @@ func (a *API) stopSandbox(ctx context.Context, sb db.Sandbox, address, actor str
 		return
 	}
 	log.Info("sandbox stopped")
-	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Stopping, To: lifecycle.Stopped, Actor: actor})
 }
 
 // execRequest is POST /v1/sandboxes/{id}/exec. Args is a pointer so an

@@ -29,6 +29,7 @@ import (
 	"github.com/wrenn/wrenn/pkg/cpextension"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/id"
 )
 
 // Option configures Run.
@@ -46,6 +47,21 @@ type options struct {
 	now        func() time.Time
 	drain      time.Duration
 	background time.Duration
+	claimIdle  time.Duration
+}
+
+// WithEventClaimIdle sets how long an event stays pending with a dead or
+// failing consumer before this replica claims it (default 60 s).
+func WithEventClaimIdle(d time.Duration) Option { return func(o *options) { o.claimIdle = d } }
+
+// consumerName names this replica in the event consumer group: unique per
+// process, recognisable in XINFO CONSUMERS.
+func consumerName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "cp"
+	}
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), id.Secret(3))
 }
 
 // WithExtensions adds extensions, initialised and mounted in order.
@@ -152,6 +168,11 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 			return nil
 		},
 	})
+	// Workers (extensions, the event consumer) stop after background
+	// sandbox work finished (defers run last-in first-out), so events that
+	// work publishes can still be consumed while it runs.
+	stopAllWorkers := func() {}
+	defer func() { stopAllWorkers() }()
 	// Background sandbox work is waited for on every return path once the
 	// API exists, so no goroutine outlives the pool it writes to.
 	defer func() {
@@ -194,12 +215,18 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
+	// The fallback writer: one consumer per replica in the shared group.
+	consumer := events.NewConsumer(rdb, a.ApplyEvent, events.ConsumerOptions{
+		Name: consumerName(), MinIdle: o.claimIdle, Logger: log,
+	})
+	workers = append(workers, cpextension.Worker{Name: "event-consumer", Run: consumer.Run})
+
 	workCtx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	var workerWG sync.WaitGroup
-	defer func() {
+	stopAllWorkers = func() {
 		stopWorkers()
 		workerWG.Wait()
-	}()
+	}
 	for _, w := range workers {
 		workerWG.Add(1)
 		go func() {
@@ -232,7 +259,7 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("HTTP server", "err", err)
 	}
-	// The deferred calls now wait for background work, stop workers and
+	// The deferred calls now wait for background work, stop the workers and
 	// close Redis, Postgres and the log, in that order.
 	return nil
 }

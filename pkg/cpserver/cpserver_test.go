@@ -16,10 +16,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/pkg/config"
+	"github.com/wrenn/wrenn/pkg/db"
+	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -253,4 +257,72 @@ func freePort() (string, error) {
 	defer l.Close()
 	_, p, _ := net.SplitHostPort(l.Addr().String())
 	return p, nil
+}
+
+// A replica that died after publishing an outcome but before recording it:
+// the event consumer of a live replica records it.
+func TestConsumerConvergesAfterWriterDied(t *testing.T) {
+	t.Parallel()
+	dsn, redisURL := testenv.Postgres(t), testenv.Redis(t)
+	key := id.NewAPIKey()
+	cfg := config.ControlPlane{Dir: t.TempDir(), Listen: "127.0.0.1:0", DatabaseURL: dsn, RedisURL: redisURL, BootstrapAPIKey: key, BootstrapAdminEmail: "a@b.c"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan net.Addr, 1)
+	go func() {
+		done <- Run(ctx, WithConfig(cfg), WithStderr(io.Discard), WithAgentDialer(hostclient.NewFake()), WithReady(func(a net.Addr) { ready <- a }))
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	bg := context.Background()
+	pool, err := pgxpool.New(bg, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var teamID string
+	if err := pool.QueryRow(bg, "SELECT team_id FROM api_keys LIMIT 1").Scan(&teamID); err != nil {
+		t.Fatal(err)
+	}
+	q := db.New(pool)
+	if _, err := q.CreateHost(bg, db.CreateHostParams{ID: "host-dead", Name: "dead"}); err != nil {
+		t.Fatal(err)
+	}
+	sid := id.New(id.Sandbox)
+	if _, err := q.InsertSandbox(bg, db.InsertSandboxParams{ID: sid, TeamID: teamID, HostID: "host-dead", Template: "minimal", Vcpus: 1, MemoryMb: 512, TimeoutSec: 60}); err != nil {
+		t.Fatal(err)
+	}
+	ropts, _ := redis.ParseURL(redisURL)
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	// The consumer group exists once Run is ready; the dead replica's last act:
+	if err := events.NewRedisPublisher(rdb).Publish(bg, events.Event{
+		SandboxID: sid, TeamID: teamID, HostID: "host-dead", From: lifecycle.Starting, To: lifecycle.Running, Actor: "worker", Time: time.Now(),
+		Running: &events.RunningInfo{HostIP: "10.2.0.1", GuestIP: "10.2.0.2", EnvdVersion: "e", DiskMB: 1, StartedAt: time.Now()},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sb, err := q.GetSandbox(bg, db.GetSandboxParams{ID: sid, TeamID: teamID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb.Status == "running" && sb.HostIp == "10.2.0.1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox still %s: the consumer did not converge it", sb.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -39,6 +39,20 @@ type Event struct {
 	// Error is the user-readable failure, empty on success.
 	Error string
 	Time  time.Time
+
+	// Running carries what the host reported when To is running after a
+	// create, so the fallback consumer can record the same row the worker
+	// would have. Nil otherwise.
+	Running *RunningInfo
+}
+
+// RunningInfo is a started sandbox's host-side details.
+type RunningInfo struct {
+	HostIP      string
+	GuestIP     string
+	EnvdVersion string
+	DiskMB      int64
+	StartedAt   time.Time
 }
 
 // Publisher publishes events. The API depends on this interface so tests can
@@ -71,9 +85,9 @@ func (p *RedisPublisher) Publish(ctx context.Context, e Event) error {
 	return nil
 }
 
-// Fields is the event as stream fields; time is RFC 3339 with nanoseconds.
+// Fields is the event as stream fields; times are RFC 3339 with nanoseconds.
 func (e Event) Fields() map[string]any {
-	return map[string]any{
+	f := map[string]any{
 		"sandbox_id": e.SandboxID,
 		"team_id":    e.TeamID,
 		"host_id":    e.HostID,
@@ -83,6 +97,14 @@ func (e Event) Fields() map[string]any {
 		"error":      e.Error,
 		"time":       e.Time.UTC().Format(time.RFC3339Nano),
 	}
+	if r := e.Running; r != nil {
+		f["host_ip"] = r.HostIP
+		f["guest_ip"] = r.GuestIP
+		f["envd_version"] = r.EnvdVersion
+		f["disk_mb"] = strconv.FormatInt(r.DiskMB, 10)
+		f["started_at"] = r.StartedAt.UTC().Format(time.RFC3339Nano)
+	}
+	return f
 }
 
 // Decode reads an event back from stream fields, as a consumer receives them.
@@ -111,5 +133,16 @@ func Decode(values map[string]any) (Event, error) {
 		return Event{}, fmt.Errorf("event for %s: time: %w", e.SandboxID, err)
 	}
 	e.Time = t
+	if sa, ok := values["started_at"].(string); ok {
+		started, err := time.Parse(time.RFC3339Nano, sa)
+		if err != nil {
+			return Event{}, fmt.Errorf("event for %s: started_at: %w", e.SandboxID, err)
+		}
+		disk, err := strconv.ParseInt(get("disk_mb"), 10, 64)
+		if err != nil {
+			return Event{}, fmt.Errorf("event for %s: disk_mb: %w", e.SandboxID, err)
+		}
+		e.Running = &RunningInfo{HostIP: get("host_ip"), GuestIP: get("guest_ip"), EnvdVersion: get("envd_version"), DiskMB: disk, StartedAt: started}
+	}
 	return e, nil
 }

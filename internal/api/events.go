@@ -1,0 +1,45 @@
+package api
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/wrenn/wrenn/pkg/db"
+	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
+)
+
+// ApplyEvent is the fallback writer behind the event consumer: it records an
+// outcome with the same compare-and-set the publishing worker uses. It is
+// idempotent: when the sandbox is no longer in the event's from-status (the
+// worker recorded it, or something newer happened) it changes nothing and
+// returns nil, so the message is acknowledged. Only database failures return
+// an error, leaving the message pending for a retry.
+func (a *API) ApplyEvent(ctx context.Context, e events.Event) error {
+	log := a.log.With("sandbox_id", e.SandboxID, "team_id", e.TeamID, "host_id", e.HostID)
+	if err := lifecycle.Check(e.From, e.To); err != nil {
+		// Not a transition anyone can apply; retrying will not help.
+		log.Warn("ignoring event with a refused transition", "err", err)
+		return nil
+	}
+	var err error
+	switch {
+	case e.To == lifecycle.Running && e.Running != nil:
+		_, err = a.q.UpdateSandboxRunningIf(ctx, runningParams(e.SandboxID, e.TeamID, e.From, e.Running))
+	case e.To == lifecycle.Error:
+		_, err = a.q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Error: e.Error})
+	case e.To == lifecycle.Stopped:
+		t := e.Time
+		_, err = a.q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), StoppedAt: &t})
+	default:
+		_, err = a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Status: string(e.To)})
+	}
+	if isNoRows(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("apply event %s -> %s to sandbox %s: %w", e.From, e.To, e.SandboxID, err)
+	}
+	log.Info("event consumer recorded an outcome its writer had not", "from", e.From, "to", e.To, "actor", e.Actor)
+	return nil
+}
