@@ -242,7 +242,10 @@ func Run(ctx context.Context, o Options) (err error) {
 		// With a daemon gone, destroying sandboxes through the API would
 		// only time out; an agent still alive destroys its own on SIGTERM.
 		st.drain = nil
-		say("%v; stopping the rest", err)
+		var ce *ChildExitedError
+		if errors.As(err, &ce) {
+			say("%s exited unexpectedly; stopping the rest", ce.Name)
+		}
 		return err
 	}
 	say("stopping: destroying sandboxes, then agent, control plane, redis, postgres (Ctrl-C again forces)")
