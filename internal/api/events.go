@@ -40,6 +40,6 @@ func (a *API) ApplyEvent(ctx context.Context, e events.Event) error {
 	if err != nil {
 		return fmt.Errorf("apply event %s -> %s to sandbox %s: %w", e.From, e.To, e.SandboxID, err)
 	}
-	log.Info("event consumer recorded an outcome its writer had not", "from", e.From, "to", e.To, "actor", e.Actor)
+	log.Info("event consumer recorded an outcome before its writer", "from", e.From, "to", e.To, "actor", e.Actor)
 	return nil
 }

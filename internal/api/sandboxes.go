@@ -200,6 +200,10 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 			log.Error("re-read sandbox after lost race", "err", gerr)
 			return
 		}
+		if cur.Status == string(lifecycle.Running) {
+			log.Info("sandbox running", "recorded_by", "event consumer")
+			return
+		}
 		log.Info("sandbox changed while starting", "status", cur.Status)
 		if st := lifecycle.Status(cur.Status); st == lifecycle.Stopping || st == lifecycle.Stopped {
 			if derr := agent.DestroySandbox(wctx, sb.ID); derr != nil && !errors.Is(derr, hostclient.ErrNotFound) {
