@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -255,9 +256,7 @@ func (a *API) settleError(ctx context.Context, sb db.Sandbox, expected lifecycle
 
 // publish sends an event; a Redis failure is logged, never the caller's
 // failure.
-func (a *API) publish(ctx context.Context, log interface {
-	Warn(string, ...any)
-}, e events.Event) {
+func (a *API) publish(ctx context.Context, log *slog.Logger, e events.Event) {
 	if e.Time.IsZero() {
 		e.Time = a.d.Now().UTC()
 	}
