@@ -21,6 +21,19 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 	s.waitStatus(created.ID, "running", 60*time.Second)
 
+	// The leak check below must be able to see a sandbox's resources: while
+	// it runs, each kind shows up.
+	during := snapshotResources(t, s.dir)
+	for what, found := range map[string][]string{
+		"network namespace": ours(during.Netns, created.ID), "cgroup": ours(during.Cgroups, created.ID),
+		"process": ours(during.Processes, created.ID), "mount": during.Mounts, "loop device": during.Loops,
+		"firewall rule": ours(during.Firewall, created.ID),
+	} {
+		if len(found) == 0 {
+			t.Errorf("a running sandbox shows no %s: the leak check could not catch one", what)
+		}
+	}
+
 	var list struct {
 		Sandboxes []sandbox `json:"sandboxes"`
 	}
@@ -116,5 +129,5 @@ func TestSandboxLifecycle(t *testing.T) {
 		t.Errorf("exec on a stopped sandbox: status %d %+v %v, want 409 conflict", code, e, err)
 	}
 
-	assertNoLeaks(t, before, snapshotResources(t, s.dir))
+	assertNoLeaks(t, before, settledResources(t, s.dir, created.ID), created.ID)
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // hostResources is what a sandbox could leave behind on the host.
@@ -52,8 +53,15 @@ func snapshotResources(t testing.TB, dir string) hostResources {
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
 	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "/wrenn/sb-") {
-			r.Processes = append(r.Processes, filepath.Dir(p))
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if i := strings.Index(line, "/wrenn/sb-"); i >= 0 {
+				r.Processes = append(r.Processes, filepath.Dir(p)+" in "+line[i:])
+				break
+			}
 		}
 	}
 	for _, table := range []string{"nat", "filter"} {
@@ -71,6 +79,20 @@ func snapshotResources(t testing.TB, dir string) hostResources {
 		sort.Strings(l)
 	}
 	return r
+}
+
+// ours keeps the entries that name one of the sandboxes.
+func ours(l []string, sandboxIDs ...string) []string {
+	var out []string
+	for _, x := range l {
+		for _, id := range sandboxIDs {
+			if strings.Contains(x, id) {
+				out = append(out, x)
+				break
+			}
+		}
+	}
+	return out
 }
 
 func withPrefix(names []string, prefix string) []string {
@@ -92,9 +114,27 @@ func dirNames(dir string) []string {
 	return out
 }
 
+// settledResources snapshots the host once the given sandboxes' processes
+// are gone. A destroyed sandbox's init can linger for a moment as a zombie
+// of the host's PID 1 (runc's init is re-parented there), holding nothing but
+// its pid; it is waited for here, for at most 5 s, and reported after that.
+func settledResources(t testing.TB, dir string, sandboxIDs ...string) hostResources {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := snapshotResources(t, dir)
+		if len(ours(r.Processes, sandboxIDs...)) == 0 || time.Now().After(deadline) {
+			return r
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // assertNoLeaks fails for every resource present now that was not present
-// in before.
-func assertNoLeaks(t testing.TB, before, after hostResources) {
+// in before. Namespaces, cgroups, processes and rules are named after their
+// sandbox, so for those only the given sandboxes' count: another stack may
+// run on the same machine at the same time.
+func assertNoLeaks(t testing.TB, before, after hostResources, sandboxIDs ...string) {
 	t.Helper()
 	check := func(what string, b, a []string) {
 		had := map[string]bool{}
@@ -107,6 +147,9 @@ func assertNoLeaks(t testing.TB, before, after hostResources) {
 			}
 		}
 	}
+	before.Netns, after.Netns = ours(before.Netns, sandboxIDs...), ours(after.Netns, sandboxIDs...)
+	before.Cgroups, after.Cgroups = ours(before.Cgroups, sandboxIDs...), ours(after.Cgroups, sandboxIDs...)
+	before.Processes, after.Processes = ours(before.Processes, sandboxIDs...), ours(after.Processes, sandboxIDs...)
 	check("network namespace", before.Netns, after.Netns)
 	check("network interface", before.Links, after.Links)
 	check("mount", before.Mounts, after.Mounts)
