@@ -47,7 +47,11 @@ func binaries(t testing.TB) string {
 			return
 		}
 		for name, pkg := range map[string]string{"wrenn-cp": "./cmd/control-plane", "wrenn-agent": "./cmd/host-agent"} {
-			cmd := exec.Command("go", "build", "-race", "-o", filepath.Join(binDir, name), pkg)
+			args := []string{"build", "-o", filepath.Join(binDir, name)}
+			if raceEnabled {
+				args = append(args, "-race")
+			}
+			cmd := exec.Command("go", append(args, pkg)...)
 			cmd.Dir = repoRoot()
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("build %s: %w\n%s", pkg, err, out)
