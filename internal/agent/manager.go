@@ -13,10 +13,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/envdclient"
-	"github.com/wrenn/wrenn/internal/image"
 	"github.com/wrenn/wrenn/internal/network"
 	"github.com/wrenn/wrenn/internal/runtime"
 	"github.com/wrenn/wrenn/pkg/id"
@@ -30,11 +30,18 @@ type Network interface {
 	CleanupOrphans(ctx context.Context, keep map[string]bool) error
 }
 
+// RootFS is a sandbox's mounted root filesystem as the manager sees it: a
+// path to hand the runtime and a release for the sandbox's cleanup list.
+type RootFS interface {
+	Path() string
+	Release(ctx context.Context) error
+}
+
 // Images is what the manager needs from the image store.
 type Images interface {
 	Exists(template string) bool
-	Prepare(ctx context.Context, sandboxID, template string, diskBytes uint64, dir string) (*image.RootFS, error)
-	Adopt(ctx context.Context, sandboxID, template, dir string) (*image.RootFS, error)
+	Prepare(ctx context.Context, sandboxID, template string, diskBytes uint64, dir string) (RootFS, error)
+	Adopt(ctx context.Context, sandboxID, template, dir string) (RootFS, error)
 	CleanupOrphans(ctx context.Context, keep map[string]bool) error
 }
 
@@ -57,8 +64,10 @@ type Limits struct {
 	DiskMB   uint64 `json:"disk_mb"`
 }
 
-// Sandbox is one entry of the agent's table. Fields other than mu, state and
-// the release list are fixed once create has finished.
+// Sandbox is one entry of the agent's table. State, Timeout and the release
+// list change only under op; the other exported fields are fixed once create
+// has finished. lastActive and busy are atomics so activity never waits for a
+// lifecycle operation.
 type Sandbox struct {
 	ID            string            `json:"id"`
 	Template      string            `json:"template"`
@@ -73,9 +82,17 @@ type Sandbox struct {
 
 	// op serialises lifecycle operations on this sandbox.
 	op      sync.Mutex
-	rootfs  *image.RootFS
+	rootfs  RootFS
 	envd    *envdclient.Client
 	release cleanup
+
+	// lastActive is the clock's time of the last activity, in Unix
+	// nanoseconds; the inactivity sweep compares it with Timeout.
+	lastActive atomic.Int64
+	// busy counts RPCs in flight on the sandbox (an exec that outlasts the
+	// timeout is activity, not idleness). It is raised under op so the sweep,
+	// which holds op, sees a stable value.
+	busy atomic.Int32
 }
 
 // Options configures a Manager.
@@ -90,7 +107,17 @@ type Options struct {
 	// DNS servers written into sandboxes' resolv.conf.
 	DNS    []string
 	Logger *slog.Logger
-	Now    func() time.Time
+	// Clock drives inactivity and timestamps; nil means the real clock.
+	Clock Clock
+	// Reporter receives sandbox events the agent initiates (auto-pause,
+	// death); nil drops them (the control plane's host monitor still sees
+	// the change in the next list).
+	Reporter Reporter
+	// SweepInterval is how often Run looks for idle sandboxes; 0 means 1 s.
+	SweepInterval time.Duration
+	// HealthInterval is how often Run asks the runtime whether each sandbox
+	// still lives; 0 means 5 s.
+	HealthInterval time.Duration
 }
 
 // Manager owns the sandboxes of this host. Its table is the truth about what
@@ -102,18 +129,38 @@ type Manager struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*Sandbox
+	// autoPaused holds ids paused for inactivity since the last
+	// TakeAutoPaused, in the order they were paused.
+	autoPaused []string
+
+	// reports tracks event deliveries in flight; reportCtx ends them when
+	// the manager stops.
+	reports       sync.WaitGroup
+	reportCtx     context.Context
+	cancelReports context.CancelFunc
 }
 
 // NewManager returns a manager with an empty table; call Recover before
 // serving.
 func NewManager(o Options) (*Manager, error) {
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = realClock{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = time.Second
+	}
+	if o.HealthInterval <= 0 {
+		o.HealthInterval = 5 * time.Second
 	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create sandboxes directory: %w", err)
 	}
-	return &Manager{o: o, log: o.Logger, sandboxes: map[string]*Sandbox{}}, nil
+	m := &Manager{o: o, log: o.Logger, sandboxes: map[string]*Sandbox{}}
+	m.reportCtx, m.cancelReports = context.WithCancel(context.Background())
+	return m, nil
 }
 
 // CreateRequest asks for one sandbox.
@@ -183,7 +230,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Sandbox, erro
 	m.mu.Unlock()
 
 	log := m.log.With("sandbox_id", sb.ID)
-	start := m.o.Now()
+	start := time.Now()
 	if err := m.boot(ctx, sb); err != nil {
 		if cerr := sb.release.run(ctx); cerr != nil {
 			log.Error("release after failed create", "err", cerr)
@@ -261,8 +308,9 @@ func (m *Manager) boot(ctx context.Context, sb *Sandbox) error {
 	if err := m.connectEnvd(ctx, sb); err != nil {
 		return err
 	}
-	sb.StartedAt = m.o.Now().UTC()
+	sb.StartedAt = m.o.Clock.Now().UTC()
 	sb.State = StateRunning
+	m.touch(sb)
 	return m.persist(sb)
 }
 
@@ -277,7 +325,7 @@ func (m *Manager) connectEnvd(ctx context.Context, sb *Sandbox) error {
 	err := sb.envd.Init(bootCtx, envdclient.InitRequest{
 		AccessToken: sb.Token,
 		EnvVars:     sb.Env,
-		Timestamp:   m.o.Now().UTC(),
+		Timestamp:   m.o.Clock.Now().UTC(),
 	})
 	if err != nil {
 		return fmt.Errorf("initialise envd: %w", err)
@@ -297,15 +345,25 @@ func (m *Manager) Destroy(ctx context.Context, sandboxID string) error {
 		// A concurrent destroy finished while we waited.
 		return fmt.Errorf("%w: sandbox %s", ErrNotFound, sandboxID)
 	}
+	return m.destroyLocked(ctx, sb)
+}
+
+// destroyLocked releases everything sb holds and drops it from the table;
+// the caller holds sb.op and has checked that no destroy ran before. The
+// entry leaves the table even when a release step fails: what is left is
+// the start-up orphan cleanup's to find.
+func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) error {
 	sb.State = StateDestroying
-	err = sb.release.run(ctx)
+	err := sb.release.run(ctx)
 	m.mu.Lock()
-	delete(m.sandboxes, sandboxID)
+	if m.sandboxes[sb.ID] == sb {
+		delete(m.sandboxes, sb.ID)
+	}
 	m.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("destroy sandbox %s: %w", sandboxID, err)
+		return fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
 	}
-	m.log.Info("sandbox destroyed", "sandbox_id", sandboxID)
+	m.log.Info("sandbox destroyed", "sandbox_id", sb.ID)
 	return nil
 }
 
@@ -366,15 +424,14 @@ func (m *Manager) Exec(ctx context.Context, sandboxID string, req envdclient.Exe
 	}
 	// Exec does not hold sb.op for the command's whole run: commands and
 	// lifecycle operations overlap, and a destroy ends the command's stream.
-	sb.op.Lock()
-	state, envd := sb.State, sb.envd
-	sb.op.Unlock()
-	if state != StateRunning {
-		return nil, fmt.Errorf("%w: sandbox %s is %s, not running", ErrConflict, sandboxID, state)
-	}
 	if req.Cmd == "" {
 		return nil, fmt.Errorf("%w: cmd is empty", ErrInvalid)
 	}
+	envd, done, err := m.begin(sb)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	return envd.Exec(ctx, req)
 }
 

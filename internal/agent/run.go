@@ -56,15 +56,23 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("open image store: %w", err)
 	}
+	cpTransport := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		ResponseHeaderTimeout: 30 * time.Second,
+		MaxIdleConnsPerHost:   4,
+	}
+	cpClient := &http.Client{Transport: cpTransport, Timeout: 30 * time.Second}
+	reporter := &HTTPReporter{URL: cfg.ControlPlaneURL, Client: cpClient, Logger: log}
 	mgr, err := NewManager(Options{
 		Dir:           filepath.Join(cfg.Dir, "sandboxes"),
 		Runtime:       rt,
 		Network:       netw,
-		Images:        images,
+		Images:        imageStore{images},
 		EnvdTransport: envdclient.NewTransport(),
 		DefaultDiskMB: cfg.DefaultDiskMB,
 		DNS:           dns,
 		Logger:        log,
+		Reporter:      reporter,
 	})
 	if err != nil {
 		return err
@@ -98,18 +106,26 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("host agent listening", "addr", ln.Addr().String(), "runtime", rt.Name())
 
-	cpTransport := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		ResponseHeaderTimeout: 30 * time.Second,
-		MaxIdleConnsPerHost:   4,
-	}
+	// The watch loop pauses idle sandboxes and notices dead ones; its
+	// events wait in the reporter until registration gives it the token.
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		mgr.Run(watchCtx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
+
 	reg := &Registrar{
 		CPURL:     cfg.ControlPlaneURL,
 		Address:   cfg.AdvertiseURL,
 		Runtime:   rt.Name(),
 		CredsPath: filepath.Join(cfg.Dir, "agent", "credentials.json"),
 		DataDir:   cfg.Dir,
-		Client:    &http.Client{Transport: cpTransport, Timeout: 30 * time.Second},
+		Client:    cpClient,
 		Logger:    log,
 	}
 	hbCtx, stopHB := context.WithCancel(ctx)
@@ -121,6 +137,7 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 			regErr <- err
 			return
 		}
+		reporter.SetToken(creds.HostToken)
 		log.Info("registered with control plane", "host_id", creds.HostID)
 		reg.HeartbeatLoop(hbCtx, creds, heartbeatInterval)
 	}()
@@ -137,6 +154,9 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)
+	// No auto-pause may race the destroys below.
+	stopWatch()
+	<-watchDone
 	if cfg.DestroyOnExit {
 		if derr := mgr.DestroyAll(shutCtx); derr != nil {
 			log.Error("destroy sandboxes on exit", "err", derr)
@@ -209,4 +229,30 @@ func hostDNS(path string) []string {
 		}
 	}
 	return out
+}
+
+// imageStore adapts the image store to the manager's Images interface, whose
+// RootFS is an interface so tests can use fakes.
+type imageStore struct{ s *image.Store }
+
+func (i imageStore) Exists(template string) bool { return i.s.Exists(template) }
+
+func (i imageStore) Prepare(ctx context.Context, sandboxID, template string, diskBytes uint64, dir string) (RootFS, error) {
+	r, err := i.s.Prepare(ctx, sandboxID, template, diskBytes, dir)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (i imageStore) Adopt(ctx context.Context, sandboxID, template, dir string) (RootFS, error) {
+	r, err := i.s.Adopt(ctx, sandboxID, template, dir)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (i imageStore) CleanupOrphans(ctx context.Context, keep map[string]bool) error {
+	return i.s.CleanupOrphans(ctx, keep)
 }

@@ -60,6 +60,7 @@ func (s *Service) GetSandbox(_ context.Context, req *connect.Request[hostagentv1
 	if err != nil {
 		return nil, connectError(err)
 	}
+	s.m.touch(sb)
 	sb.op.Lock()
 	snap := sb.snapshot()
 	sb.op.Unlock()
@@ -73,7 +74,44 @@ func (s *Service) ListSandboxes(context.Context, *connect.Request[hostagentv1.Li
 	for _, sb := range list {
 		out = append(out, s.toProto(sb))
 	}
-	return connect.NewResponse(&hostagentv1.ListSandboxesResponse{Sandboxes: out}), nil
+	// The ids are taken only once the answer is built: they are reported
+	// here once, and also through the sandbox-events callback.
+	return connect.NewResponse(&hostagentv1.ListSandboxesResponse{Sandboxes: out, AutoPausedIds: s.m.TakeAutoPaused()}), nil
+}
+
+// PauseSandbox implements the RPC.
+func (s *Service) PauseSandbox(ctx context.Context, req *connect.Request[hostagentv1.PauseSandboxRequest]) (*connect.Response[hostagentv1.PauseSandboxResponse], error) {
+	snap, err := s.m.Pause(ctx, req.Msg.GetSandboxId())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&hostagentv1.PauseSandboxResponse{Sandbox: s.toProto(snap)}), nil
+}
+
+// ResumeSandbox implements the RPC.
+func (s *Service) ResumeSandbox(ctx context.Context, req *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {
+	snap, err := s.m.Resume(ctx, req.Msg.GetSandboxId())
+	if err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&hostagentv1.ResumeSandboxResponse{Sandbox: s.toProto(snap)}), nil
+}
+
+// PingSandbox implements the RPC.
+func (s *Service) PingSandbox(_ context.Context, req *connect.Request[hostagentv1.PingSandboxRequest]) (*connect.Response[hostagentv1.PingSandboxResponse], error) {
+	if err := s.m.Ping(req.Msg.GetSandboxId()); err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&hostagentv1.PingSandboxResponse{}), nil
+}
+
+// SetSandboxTimeout implements the RPC.
+func (s *Service) SetSandboxTimeout(_ context.Context, req *connect.Request[hostagentv1.SetSandboxTimeoutRequest]) (*connect.Response[hostagentv1.SetSandboxTimeoutResponse], error) {
+	timeout := time.Duration(req.Msg.GetTimeoutSec()) * time.Second
+	if err := s.m.SetTimeout(req.Msg.GetSandboxId(), timeout); err != nil {
+		return nil, connectError(err)
+	}
+	return connect.NewResponse(&hostagentv1.SetSandboxTimeoutResponse{}), nil
 }
 
 // Exec implements the RPC.

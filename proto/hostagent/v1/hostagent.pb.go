@@ -553,8 +553,12 @@ func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListSandboxesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sandboxes     []*Sandbox             `protobuf:"bytes,1,rep,name=sandboxes,proto3" json:"sandboxes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Sandboxes []*Sandbox             `protobuf:"bytes,1,rep,name=sandboxes,proto3" json:"sandboxes,omitempty"`
+	// auto_paused_ids are the sandboxes this agent paused for inactivity since
+	// the previous ListSandboxes answer (each id is reported once here, and also
+	// pushed to the control plane as an auto_paused sandbox event).
+	AutoPausedIds []string `protobuf:"bytes,2,rep,name=auto_paused_ids,json=autoPausedIds,proto3" json:"auto_paused_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +596,13 @@ func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
 	if x != nil {
 		return x.Sandboxes
+	}
+	return nil
+}
+
+func (x *ListSandboxesResponse) GetAutoPausedIds() []string {
+	if x != nil {
+		return x.AutoPausedIds
 	}
 	return nil
 }
@@ -774,6 +785,351 @@ func (x *ExecResponse) GetDurationMs() uint64 {
 	return 0
 }
 
+type PauseSandboxRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxRequest) Reset() {
+	*x = PauseSandboxRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxRequest) ProtoMessage() {}
+
+func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
+func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PauseSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+type PauseSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxResponse) Reset() {
+	*x = PauseSandboxResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxResponse) ProtoMessage() {}
+
+func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
+func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+type ResumeSandboxRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxRequest) Reset() {
+	*x = ResumeSandboxRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxRequest) ProtoMessage() {}
+
+func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ResumeSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+type ResumeSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxResponse) Reset() {
+	*x = ResumeSandboxResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxResponse) ProtoMessage() {}
+
+func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+type PingSandboxRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PingSandboxRequest) Reset() {
+	*x = PingSandboxRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PingSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PingSandboxRequest) ProtoMessage() {}
+
+func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PingSandboxRequest.ProtoReflect.Descriptor instead.
+func (*PingSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PingSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+type PingSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PingSandboxResponse) Reset() {
+	*x = PingSandboxResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PingSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PingSandboxResponse) ProtoMessage() {}
+
+func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PingSandboxResponse.ProtoReflect.Descriptor instead.
+func (*PingSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+}
+
+type SetSandboxTimeoutRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// timeout_sec is the new inactivity timeout; 0 disables auto-pause.
+	TimeoutSec    uint32 `protobuf:"varint,2,opt,name=timeout_sec,json=timeoutSec,proto3" json:"timeout_sec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxTimeoutRequest) Reset() {
+	*x = SetSandboxTimeoutRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxTimeoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxTimeoutRequest) ProtoMessage() {}
+
+func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
+func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SetSandboxTimeoutRequest) GetTimeoutSec() uint32 {
+	if x != nil {
+		return x.TimeoutSec
+	}
+	return 0
+}
+
+type SetSandboxTimeoutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxTimeoutResponse) Reset() {
+	*x = SetSandboxTimeoutResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxTimeoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxTimeoutResponse) ProtoMessage() {}
+
+func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
+func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+}
+
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
@@ -819,9 +1175,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"K\n" +
 	"\x12GetSandboxResponse\x125\n" +
 	"\asandbox\x18\x01 \x01(\v2\x1b.wrenn.hostagent.v1.SandboxR\asandbox\"\x16\n" +
-	"\x14ListSandboxesRequest\"R\n" +
+	"\x14ListSandboxesRequest\"z\n" +
 	"\x15ListSandboxesResponse\x129\n" +
-	"\tsandboxes\x18\x01 \x03(\v2\x1b.wrenn.hostagent.v1.SandboxR\tsandboxes\"\xa7\x02\n" +
+	"\tsandboxes\x18\x01 \x03(\v2\x1b.wrenn.hostagent.v1.SandboxR\tsandboxes\x12&\n" +
+	"\x0fauto_paused_ids\x18\x02 \x03(\tR\rautoPausedIds\"\xa7\x02\n" +
 	"\vExecRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n" +
@@ -842,19 +1199,43 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\texit_code\x18\x03 \x01(\x11R\bexitCode\x12\x1b\n" +
 	"\ttimed_out\x18\x04 \x01(\bR\btimedOut\x12\x1f\n" +
 	"\vduration_ms\x18\x05 \x01(\x04R\n" +
-	"durationMs*}\n" +
+	"durationMs\"4\n" +
+	"\x13PauseSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"M\n" +
+	"\x14PauseSandboxResponse\x125\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1b.wrenn.hostagent.v1.SandboxR\asandbox\"5\n" +
+	"\x14ResumeSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"N\n" +
+	"\x15ResumeSandboxResponse\x125\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1b.wrenn.hostagent.v1.SandboxR\asandbox\"3\n" +
+	"\x12PingSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x15\n" +
+	"\x13PingSandboxResponse\"Z\n" +
+	"\x18SetSandboxTimeoutRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1f\n" +
+	"\vtimeout_sec\x18\x02 \x01(\rR\n" +
+	"timeoutSec\"\x1b\n" +
+	"\x19SetSandboxTimeoutResponse*}\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SANDBOX_STATE_RUNNING\x10\x01\x12\x18\n" +
 	"\x14SANDBOX_STATE_PAUSED\x10\x02\x12\x19\n" +
-	"\x15SANDBOX_STATE_STOPPED\x10\x032\xef\x03\n" +
+	"\x15SANDBOX_STATE_STOPPED\x10\x032\x8a\a\n" +
 	"\x10HostAgentService\x12d\n" +
 	"\rCreateSandbox\x12(.wrenn.hostagent.v1.CreateSandboxRequest\x1a).wrenn.hostagent.v1.CreateSandboxResponse\x12g\n" +
 	"\x0eDestroySandbox\x12).wrenn.hostagent.v1.DestroySandboxRequest\x1a*.wrenn.hostagent.v1.DestroySandboxResponse\x12[\n" +
 	"\n" +
 	"GetSandbox\x12%.wrenn.hostagent.v1.GetSandboxRequest\x1a&.wrenn.hostagent.v1.GetSandboxResponse\x12d\n" +
 	"\rListSandboxes\x12(.wrenn.hostagent.v1.ListSandboxesRequest\x1a).wrenn.hostagent.v1.ListSandboxesResponse\x12I\n" +
-	"\x04Exec\x12\x1f.wrenn.hostagent.v1.ExecRequest\x1a .wrenn.hostagent.v1.ExecResponseB7Z5github.com/wrenn/wrenn/proto/hostagent/v1;hostagentv1b\x06proto3"
+	"\x04Exec\x12\x1f.wrenn.hostagent.v1.ExecRequest\x1a .wrenn.hostagent.v1.ExecResponse\x12a\n" +
+	"\fPauseSandbox\x12'.wrenn.hostagent.v1.PauseSandboxRequest\x1a(.wrenn.hostagent.v1.PauseSandboxResponse\x12d\n" +
+	"\rResumeSandbox\x12(.wrenn.hostagent.v1.ResumeSandboxRequest\x1a).wrenn.hostagent.v1.ResumeSandboxResponse\x12^\n" +
+	"\vPingSandbox\x12&.wrenn.hostagent.v1.PingSandboxRequest\x1a'.wrenn.hostagent.v1.PingSandboxResponse\x12p\n" +
+	"\x11SetSandboxTimeout\x12,.wrenn.hostagent.v1.SetSandboxTimeoutRequest\x1a-.wrenn.hostagent.v1.SetSandboxTimeoutResponseB7Z5github.com/wrenn/wrenn/proto/hostagent/v1;hostagentv1b\x06proto3"
 
 var (
 	file_hostagent_v1_hostagent_proto_rawDescOnce sync.Once
@@ -869,47 +1250,65 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
-	(SandboxState)(0),              // 0: wrenn.hostagent.v1.SandboxState
-	(*Sandbox)(nil),                // 1: wrenn.hostagent.v1.Sandbox
-	(*CreateSandboxRequest)(nil),   // 2: wrenn.hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),  // 3: wrenn.hostagent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),  // 4: wrenn.hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil), // 5: wrenn.hostagent.v1.DestroySandboxResponse
-	(*GetSandboxRequest)(nil),      // 6: wrenn.hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),     // 7: wrenn.hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),   // 8: wrenn.hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),  // 9: wrenn.hostagent.v1.ListSandboxesResponse
-	(*ExecRequest)(nil),            // 10: wrenn.hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),           // 11: wrenn.hostagent.v1.ExecResponse
-	nil,                            // 12: wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
-	nil,                            // 13: wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
+	(SandboxState)(0),                 // 0: wrenn.hostagent.v1.SandboxState
+	(*Sandbox)(nil),                   // 1: wrenn.hostagent.v1.Sandbox
+	(*CreateSandboxRequest)(nil),      // 2: wrenn.hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),     // 3: wrenn.hostagent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),     // 4: wrenn.hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 5: wrenn.hostagent.v1.DestroySandboxResponse
+	(*GetSandboxRequest)(nil),         // 6: wrenn.hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 7: wrenn.hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 8: wrenn.hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 9: wrenn.hostagent.v1.ListSandboxesResponse
+	(*ExecRequest)(nil),               // 10: wrenn.hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 11: wrenn.hostagent.v1.ExecResponse
+	(*PauseSandboxRequest)(nil),       // 12: wrenn.hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 13: wrenn.hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 14: wrenn.hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 15: wrenn.hostagent.v1.ResumeSandboxResponse
+	(*PingSandboxRequest)(nil),        // 16: wrenn.hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 17: wrenn.hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 18: wrenn.hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 19: wrenn.hostagent.v1.SetSandboxTimeoutResponse
+	nil,                               // 20: wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
+	nil,                               // 21: wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.Sandbox.state:type_name -> wrenn.hostagent.v1.SandboxState
-	14, // 1: wrenn.hostagent.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	12, // 2: wrenn.hostagent.v1.CreateSandboxRequest.envs:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
+	22, // 1: wrenn.hostagent.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	20, // 2: wrenn.hostagent.v1.CreateSandboxRequest.envs:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
 	1,  // 3: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
 	1,  // 4: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
 	1,  // 5: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.Sandbox
-	13, // 6: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	2,  // 7: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	4,  // 8: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	6,  // 9: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	8,  // 10: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	10, // 11: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	3,  // 12: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	5,  // 13: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	7,  // 14: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	9,  // 15: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	11, // 16: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	21, // 6: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	1,  // 7: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	1,  // 8: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	2,  // 9: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	4,  // 10: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	6,  // 11: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	8,  // 12: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	10, // 13: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	12, // 14: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	14, // 15: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	16, // 16: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
+	18, // 17: wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> wrenn.hostagent.v1.SetSandboxTimeoutRequest
+	3,  // 18: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	5,  // 19: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	7,  // 20: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	9,  // 21: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	11, // 22: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	13, // 23: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	15, // 24: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	17, // 25: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
+	19, // 26: wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> wrenn.hostagent.v1.SetSandboxTimeoutResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -923,7 +1322,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -51,6 +51,18 @@ const (
 	HostAgentServiceListSandboxesProcedure = "/wrenn.hostagent.v1.HostAgentService/ListSandboxes"
 	// HostAgentServiceExecProcedure is the fully-qualified name of the HostAgentService's Exec RPC.
 	HostAgentServiceExecProcedure = "/wrenn.hostagent.v1.HostAgentService/Exec"
+	// HostAgentServicePauseSandboxProcedure is the fully-qualified name of the HostAgentService's
+	// PauseSandbox RPC.
+	HostAgentServicePauseSandboxProcedure = "/wrenn.hostagent.v1.HostAgentService/PauseSandbox"
+	// HostAgentServiceResumeSandboxProcedure is the fully-qualified name of the HostAgentService's
+	// ResumeSandbox RPC.
+	HostAgentServiceResumeSandboxProcedure = "/wrenn.hostagent.v1.HostAgentService/ResumeSandbox"
+	// HostAgentServicePingSandboxProcedure is the fully-qualified name of the HostAgentService's
+	// PingSandbox RPC.
+	HostAgentServicePingSandboxProcedure = "/wrenn.hostagent.v1.HostAgentService/PingSandbox"
+	// HostAgentServiceSetSandboxTimeoutProcedure is the fully-qualified name of the HostAgentService's
+	// SetSandboxTimeout RPC.
+	HostAgentServiceSetSandboxTimeoutProcedure = "/wrenn.hostagent.v1.HostAgentService/SetSandboxTimeout"
 )
 
 // HostAgentServiceClient is a client for the wrenn.hostagent.v1.HostAgentService service.
@@ -65,7 +77,21 @@ type HostAgentServiceClient interface {
 	GetSandbox(context.Context, *connect.Request[v1.GetSandboxRequest]) (*connect.Response[v1.GetSandboxResponse], error)
 	ListSandboxes(context.Context, *connect.Request[v1.ListSandboxesRequest]) (*connect.Response[v1.ListSandboxesResponse], error)
 	// Exec runs one command to completion and returns its collected output.
+	// A paused sandbox is FailedPrecondition.
 	Exec(context.Context, *connect.Request[v1.ExecRequest]) (*connect.Response[v1.ExecResponse], error)
+	// PauseSandbox freezes every process of a running sandbox; memory and disk
+	// are kept. Pausing a sandbox that is not running is FailedPrecondition.
+	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
+	// ResumeSandbox thaws a paused sandbox and re-initialises envd (clock,
+	// token, env) before returning. Resuming a sandbox that is not paused is
+	// FailedPrecondition.
+	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
+	// PingSandbox counts as activity: it restarts the sandbox's inactivity
+	// timer. It does not resume a paused sandbox.
+	PingSandbox(context.Context, *connect.Request[v1.PingSandboxRequest]) (*connect.Response[v1.PingSandboxResponse], error)
+	// SetSandboxTimeout replaces the sandbox's inactivity timeout and restarts
+	// its timer; 0 means the agent never pauses it for inactivity.
+	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the wrenn.hostagent.v1.HostAgentService
@@ -109,16 +135,44 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("Exec")),
 			connect.WithClientOptions(opts...),
 		),
+		pauseSandbox: connect.NewClient[v1.PauseSandboxRequest, v1.PauseSandboxResponse](
+			httpClient,
+			baseURL+HostAgentServicePauseSandboxProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("PauseSandbox")),
+			connect.WithClientOptions(opts...),
+		),
+		resumeSandbox: connect.NewClient[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse](
+			httpClient,
+			baseURL+HostAgentServiceResumeSandboxProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ResumeSandbox")),
+			connect.WithClientOptions(opts...),
+		),
+		pingSandbox: connect.NewClient[v1.PingSandboxRequest, v1.PingSandboxResponse](
+			httpClient,
+			baseURL+HostAgentServicePingSandboxProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("PingSandbox")),
+			connect.WithClientOptions(opts...),
+		),
+		setSandboxTimeout: connect.NewClient[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse](
+			httpClient,
+			baseURL+HostAgentServiceSetSandboxTimeoutProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("SetSandboxTimeout")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // hostAgentServiceClient implements HostAgentServiceClient.
 type hostAgentServiceClient struct {
-	createSandbox  *connect.Client[v1.CreateSandboxRequest, v1.CreateSandboxResponse]
-	destroySandbox *connect.Client[v1.DestroySandboxRequest, v1.DestroySandboxResponse]
-	getSandbox     *connect.Client[v1.GetSandboxRequest, v1.GetSandboxResponse]
-	listSandboxes  *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
-	exec           *connect.Client[v1.ExecRequest, v1.ExecResponse]
+	createSandbox     *connect.Client[v1.CreateSandboxRequest, v1.CreateSandboxResponse]
+	destroySandbox    *connect.Client[v1.DestroySandboxRequest, v1.DestroySandboxResponse]
+	getSandbox        *connect.Client[v1.GetSandboxRequest, v1.GetSandboxResponse]
+	listSandboxes     *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
+	exec              *connect.Client[v1.ExecRequest, v1.ExecResponse]
+	pauseSandbox      *connect.Client[v1.PauseSandboxRequest, v1.PauseSandboxResponse]
+	resumeSandbox     *connect.Client[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse]
+	pingSandbox       *connect.Client[v1.PingSandboxRequest, v1.PingSandboxResponse]
+	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
 }
 
 // CreateSandbox calls wrenn.hostagent.v1.HostAgentService.CreateSandbox.
@@ -146,6 +200,26 @@ func (c *hostAgentServiceClient) Exec(ctx context.Context, req *connect.Request[
 	return c.exec.CallUnary(ctx, req)
 }
 
+// PauseSandbox calls wrenn.hostagent.v1.HostAgentService.PauseSandbox.
+func (c *hostAgentServiceClient) PauseSandbox(ctx context.Context, req *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error) {
+	return c.pauseSandbox.CallUnary(ctx, req)
+}
+
+// ResumeSandbox calls wrenn.hostagent.v1.HostAgentService.ResumeSandbox.
+func (c *hostAgentServiceClient) ResumeSandbox(ctx context.Context, req *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error) {
+	return c.resumeSandbox.CallUnary(ctx, req)
+}
+
+// PingSandbox calls wrenn.hostagent.v1.HostAgentService.PingSandbox.
+func (c *hostAgentServiceClient) PingSandbox(ctx context.Context, req *connect.Request[v1.PingSandboxRequest]) (*connect.Response[v1.PingSandboxResponse], error) {
+	return c.pingSandbox.CallUnary(ctx, req)
+}
+
+// SetSandboxTimeout calls wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout.
+func (c *hostAgentServiceClient) SetSandboxTimeout(ctx context.Context, req *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
+	return c.setSandboxTimeout.CallUnary(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the wrenn.hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// CreateSandbox boots a sandbox and returns once envd inside it answers.
@@ -158,7 +232,21 @@ type HostAgentServiceHandler interface {
 	GetSandbox(context.Context, *connect.Request[v1.GetSandboxRequest]) (*connect.Response[v1.GetSandboxResponse], error)
 	ListSandboxes(context.Context, *connect.Request[v1.ListSandboxesRequest]) (*connect.Response[v1.ListSandboxesResponse], error)
 	// Exec runs one command to completion and returns its collected output.
+	// A paused sandbox is FailedPrecondition.
 	Exec(context.Context, *connect.Request[v1.ExecRequest]) (*connect.Response[v1.ExecResponse], error)
+	// PauseSandbox freezes every process of a running sandbox; memory and disk
+	// are kept. Pausing a sandbox that is not running is FailedPrecondition.
+	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
+	// ResumeSandbox thaws a paused sandbox and re-initialises envd (clock,
+	// token, env) before returning. Resuming a sandbox that is not paused is
+	// FailedPrecondition.
+	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
+	// PingSandbox counts as activity: it restarts the sandbox's inactivity
+	// timer. It does not resume a paused sandbox.
+	PingSandbox(context.Context, *connect.Request[v1.PingSandboxRequest]) (*connect.Response[v1.PingSandboxResponse], error)
+	// SetSandboxTimeout replaces the sandbox's inactivity timeout and restarts
+	// its timer; 0 means the agent never pauses it for inactivity.
+	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -198,6 +286,30 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("Exec")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServicePauseSandboxHandler := connect.NewUnaryHandler(
+		HostAgentServicePauseSandboxProcedure,
+		svc.PauseSandbox,
+		connect.WithSchema(hostAgentServiceMethods.ByName("PauseSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceResumeSandboxHandler := connect.NewUnaryHandler(
+		HostAgentServiceResumeSandboxProcedure,
+		svc.ResumeSandbox,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ResumeSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServicePingSandboxHandler := connect.NewUnaryHandler(
+		HostAgentServicePingSandboxProcedure,
+		svc.PingSandbox,
+		connect.WithSchema(hostAgentServiceMethods.ByName("PingSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceSetSandboxTimeoutHandler := connect.NewUnaryHandler(
+		HostAgentServiceSetSandboxTimeoutProcedure,
+		svc.SetSandboxTimeout,
+		connect.WithSchema(hostAgentServiceMethods.ByName("SetSandboxTimeout")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/wrenn.hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceCreateSandboxProcedure:
@@ -210,6 +322,14 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServiceListSandboxesHandler.ServeHTTP(w, r)
 		case HostAgentServiceExecProcedure:
 			hostAgentServiceExecHandler.ServeHTTP(w, r)
+		case HostAgentServicePauseSandboxProcedure:
+			hostAgentServicePauseSandboxHandler.ServeHTTP(w, r)
+		case HostAgentServiceResumeSandboxProcedure:
+			hostAgentServiceResumeSandboxHandler.ServeHTTP(w, r)
+		case HostAgentServicePingSandboxProcedure:
+			hostAgentServicePingSandboxHandler.ServeHTTP(w, r)
+		case HostAgentServiceSetSandboxTimeoutProcedure:
+			hostAgentServiceSetSandboxTimeoutHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -237,4 +357,20 @@ func (UnimplementedHostAgentServiceHandler) ListSandboxes(context.Context, *conn
 
 func (UnimplementedHostAgentServiceHandler) Exec(context.Context, *connect.Request[v1.ExecRequest]) (*connect.Response[v1.ExecResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.Exec is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.PauseSandbox is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.ResumeSandbox is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) PingSandbox(context.Context, *connect.Request[v1.PingSandboxRequest]) (*connect.Response[v1.PingSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.PingSandbox is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout is not implemented"))
 }
