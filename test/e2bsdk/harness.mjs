@@ -1,0 +1,193 @@
+// harness.mjs drives a standalone envd with the unmodified e2b SDK (debug
+// mode, E2B_SANDBOX_URL pointing at envd) and asserts what every process,
+// PTY and filesystem method returns. It exits non-zero on the first mismatch;
+// the Go test in this directory runs it.
+import { Sandbox, CommandExitError, FileNotFoundError } from 'e2b'
+import assert from 'node:assert/strict'
+
+const otherUser = process.env.WRENN_E2BSDK_USER || ''
+const base = process.env.WRENN_E2BSDK_DIR
+assert.ok(base, 'WRENN_E2BSDK_DIR must name a scratch directory')
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const dec = new TextDecoder()
+const enc = new TextEncoder()
+
+// waitFor polls cond until it holds or ms passed.
+async function waitFor(what, cond, ms = 5000) {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await cond()) return
+    await sleep(20)
+  }
+  assert.fail(`timed out waiting for ${typeof what === 'function' ? what() : what}`)
+}
+
+const steps = []
+function step(name, fn) { steps.push([name, fn]) }
+
+const sbx = await Sandbox.create()
+
+step('commands.run foreground', async () => {
+  const r = await sbx.commands.run('echo out; printf "\\377\\001" >/dev/null; echo err >&2')
+  assert.equal(r.exitCode, 0)
+  assert.equal(r.stdout, 'out\n')
+  assert.equal(r.stderr, 'err\n')
+
+  const streamed = []
+  await sbx.commands.run('for i in 1 2 3; do echo line$i; done', { onStdout: (d) => streamed.push(d) })
+  assert.equal(streamed.join(''), 'line1\nline2\nline3\n')
+
+  const env = await sbx.commands.run('echo "$FOO:$PWD"', { envs: { FOO: 'bar' }, cwd: base })
+  assert.equal(env.stdout, `bar:${base}\n`)
+
+  await assert.rejects(sbx.commands.run('echo bye >&2; exit 3'), (e) => {
+    assert.ok(e instanceof CommandExitError, `want CommandExitError, got ${e}`)
+    assert.equal(e.exitCode, 3)
+    assert.equal(e.stderr, 'bye\n')
+    return true
+  })
+})
+
+step('commands.run as another user', async () => {
+  if (!otherUser) return
+  const r = await sbx.commands.run('id -un; echo $HOME', { user: otherUser })
+  assert.equal(r.stdout, `${otherUser}\n/home/${otherUser}\n`)
+  const info = await sbx.files.write('as-user.txt', 'mine', { user: otherUser })
+  assert.equal(info.path, `/home/${otherUser}/as-user.txt`)
+  assert.equal((await sbx.files.getInfo(info.path)).owner, otherUser)
+})
+
+step('commands.run background, connect, list, sendStdin, closeStdin, kill', async () => {
+  const bg = await sbx.commands.run('sleep 0.5; echo late', { background: true })
+  assert.ok(bg.pid > 0)
+  const listed = await sbx.commands.list()
+  const mine = listed.find((p) => p.pid === bg.pid)
+  assert.ok(mine, `pid ${bg.pid} missing from commands.list: ${JSON.stringify(listed)}`)
+  assert.ok(mine.args.includes('sleep 0.5; echo late'), `list shows the command: ${JSON.stringify(mine)}`)
+  await bg.disconnect()
+  const again = await sbx.commands.connect(bg.pid)
+  const r = await again.wait()
+  assert.equal(r.exitCode, 0)
+  assert.equal(r.stdout, 'late\n')
+  await waitFor('finished process to leave the list', async () =>
+    !(await sbx.commands.list()).some((p) => p.pid === bg.pid))
+
+  const rd = await sbx.commands.run('read x; echo "got $x"', { background: true, stdin: true })
+  await sbx.commands.sendStdin(rd.pid, 'abc\n')
+  assert.equal((await rd.wait()).stdout, 'got abc\n')
+
+  const cat = await sbx.commands.run('cat', { background: true, stdin: true })
+  await sbx.commands.sendStdin(cat.pid, 'no newline')
+  await sbx.commands.closeStdin(cat.pid)
+  assert.equal((await cat.wait()).stdout, 'no newline')
+
+  const long = await sbx.commands.run('sleep 60', { background: true })
+  assert.equal(await sbx.commands.kill(long.pid), true)
+  await assert.rejects(long.wait(), (e) => {
+    assert.ok(e instanceof CommandExitError, `want CommandExitError, got ${e}`)
+    assert.notEqual(e.exitCode, 0)
+    return true
+  })
+  assert.equal(await sbx.commands.kill(long.pid), false, 'killing a finished process reports false')
+})
+
+step('pty.create, sendInput, resize, kill', async () => {
+  let out = ''
+  const pty = await sbx.pty.create({ cols: 90, rows: 20, onData: (d) => { out += dec.decode(d) } })
+  await sbx.pty.sendInput(pty.pid, enc.encode('stty size\n'))
+  await waitFor('stty size 20 90', () => out.includes('20 90'))
+  await sbx.pty.resize(pty.pid, { cols: 123, rows: 45 })
+  await sbx.pty.sendInput(pty.pid, enc.encode('stty size\n'))
+  await waitFor('stty size 45 123 after resize', () => out.includes('45 123'))
+  assert.equal(await sbx.pty.kill(pty.pid), true)
+  await pty.wait().then(
+    (r) => assert.fail(`killed pty exited cleanly: ${JSON.stringify(r)}`),
+    (e) => assert.ok(e instanceof CommandExitError, `want CommandExitError, got ${e}`))
+})
+
+step('files.write single and many, read text, bytes and stream', async () => {
+  const d = `${base}/files`
+  const w = await sbx.files.write(`${d}/deep/hello.txt`, 'hello from sdk')
+  assert.equal(w.name, 'hello.txt')
+  assert.equal(w.path, `${d}/deep/hello.txt`)
+  assert.equal(await sbx.files.read(w.path), 'hello from sdk')
+
+  const bin = new Uint8Array(256).map((_, i) => i)
+  const many = await sbx.files.write([
+    { path: `${d}/a.txt`, data: 'A' },
+    { path: `${d}/bin`, data: bin },
+  ])
+  assert.deepEqual(many.map((f) => f.path), [`${d}/a.txt`, `${d}/bin`])
+  assert.equal(await sbx.files.read(`${d}/a.txt`), 'A')
+  assert.deepEqual(await sbx.files.read(`${d}/bin`, { format: 'bytes' }), bin)
+
+  const stream = await sbx.files.read(`${d}/bin`, { format: 'stream' })
+  const chunks = []
+  for await (const c of stream) chunks.push(...c)
+  assert.deepEqual(new Uint8Array(chunks), bin)
+
+  await assert.rejects(sbx.files.read(`${d}/missing`), FileNotFoundError)
+})
+
+step('files.makeDir, exists, getInfo, list, rename, remove', async () => {
+  const d = `${base}/fs`
+  assert.equal(await sbx.files.makeDir(`${d}/a/b`), true)
+  assert.equal(await sbx.files.makeDir(`${d}/a/b`), false, 'makeDir of an existing dir reports false')
+  assert.equal(await sbx.files.exists(`${d}/a`), true)
+  assert.equal(await sbx.files.exists(`${d}/nope`), false)
+  await sbx.files.write(`${d}/a/f.txt`, '12345')
+
+  const info = await sbx.files.getInfo(`${d}/a/f.txt`)
+  assert.equal(info.type, 'file')
+  assert.equal(info.name, 'f.txt')
+  assert.equal(info.size, 5)
+  assert.equal(info.owner, 'root')
+  assert.match(info.permissions, /^-rw/)
+  assert.ok(info.modifiedTime instanceof Date && !isNaN(info.modifiedTime))
+  assert.equal((await sbx.files.getInfo(`${d}/a`)).type, 'dir')
+
+  const top = await sbx.files.list(d)
+  assert.deepEqual(top.map((e) => e.name), ['a'])
+  const deep = await sbx.files.list(d, { depth: 2 })
+  assert.deepEqual(deep.map((e) => `${e.path.slice(d.length)}:${e.type}`).sort(), ['/a/b:dir', '/a/f.txt:file', '/a:dir'])
+
+  const moved = await sbx.files.rename(`${d}/a/f.txt`, `${d}/g.txt`)
+  assert.equal(moved.path, `${d}/g.txt`)
+  assert.equal(await sbx.files.exists(`${d}/a/f.txt`), false)
+  assert.equal(await sbx.files.read(`${d}/g.txt`), '12345')
+
+  await sbx.files.remove(d)
+  assert.equal(await sbx.files.exists(d), false)
+})
+
+step('files.watchDir', async () => {
+  const d = `${base}/watch`
+  await sbx.files.makeDir(`${d}/sub`)
+  const seen = []
+  const h = await sbx.files.watchDir(d, (ev) => seen.push(`${ev.name}:${ev.type}`), { recursive: true })
+  await sbx.files.write(`${d}/x.txt`, 'hi')
+  await sbx.files.write(`${d}/sub/y.txt`, 'yo')
+  await sbx.commands.run(`chmod 600 ${d}/x.txt && mv ${d}/x.txt ${d}/z.txt && rm ${d}/z.txt`)
+  const want = ['x.txt:create', 'x.txt:write', 'sub/y.txt:create', 'x.txt:chmod', 'x.txt:rename', 'z.txt:create', 'z.txt:remove']
+  await waitFor(() => `watch events ${want}, saw ${seen}`, () => want.every((w) => seen.includes(w)))
+  await h.stop()
+  const before = seen.length
+  await sbx.files.write(`${d}/after-stop.txt`, 'x')
+  await sleep(200)
+  assert.equal(seen.length, before, `events after stop: ${seen.slice(before)}`)
+})
+
+let failed = 0
+for (const [name, fn] of steps) {
+  const t0 = Date.now()
+  try {
+    await fn()
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`)
+  } catch (e) {
+    failed++
+    console.log(`FAIL ${name}: ${e?.stack ?? e}`)
+  }
+}
+console.log(failed ? `${failed} of ${steps.length} steps failed` : `all ${steps.length} steps passed`)
+process.exit(failed ? 1 : 0)
