@@ -55,3 +55,20 @@ FROM hosts h
 WHERE h.status = 'online' AND h.last_heartbeat_at > sqlc.arg(heartbeat_after)::timestamptz
 ORDER BY active_sandboxes, h.id
 LIMIT 1;
+
+-- name: GetHostByTokenHash :one
+SELECT * FROM hosts WHERE token_hash = $1;
+
+-- name: MarkHostsUnreachable :many
+-- Online hosts whose last heartbeat is older than the cutoff.
+UPDATE hosts SET status = 'unreachable'
+WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < sqlc.arg(cutoff)::timestamptz)
+RETURNING id;
+
+-- name: ListHostsByStatus :many
+SELECT * FROM hosts WHERE status = $1 ORDER BY id;
+
+-- name: RecordHostSandboxEvent :execrows
+-- Zero rows: the event was applied before (a retried callback).
+INSERT INTO host_sandbox_events (event_id, host_id, sandbox_id) VALUES ($1, $2, $3)
+ON CONFLICT (event_id) DO NOTHING;

@@ -44,3 +44,26 @@ UPDATE sandboxes
 SET status = 'stopped', stopped_at = sqlc.arg(stopped_at), updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
 RETURNING *;
+
+-- name: UpdateSandboxMissingIf :one
+-- The host stopped answering: remember what the sandbox was.
+UPDATE sandboxes
+SET status = 'missing', missing_from = sqlc.arg(expected)::text, updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
+RETURNING *;
+
+-- name: UpdateSandboxTimeout :one
+-- The timeout is no status, so it is written directly; stopped and errored
+-- sandboxes keep theirs.
+UPDATE sandboxes
+SET timeout_sec = sqlc.arg(timeout_sec), updated_at = now()
+WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status IN ('running', 'paused', 'pausing', 'resuming')
+RETURNING *;
+
+-- name: GetSandboxOnHost :one
+-- For agent callbacks: a sandbox of another host is "not found".
+SELECT * FROM sandboxes WHERE id = sqlc.arg(id) AND host_id = sqlc.arg(host_id);
+
+-- name: ListLiveSandboxesOnHost :many
+-- Everything the monitor reconciles on one host: every sandbox not stopped.
+SELECT * FROM sandboxes WHERE host_id = $1 AND status <> 'stopped' ORDER BY id;

@@ -82,6 +82,10 @@ func (a *API) Routes(r chi.Router) {
 			r.Get("/sandboxes/{id}", a.getSandbox)
 			r.Delete("/sandboxes/{id}", a.deleteSandbox)
 			r.Post("/sandboxes/{id}/exec", a.execSandbox)
+			r.Post("/sandboxes/{id}/pause", a.pauseSandbox)
+			r.Post("/sandboxes/{id}/resume", a.resumeSandbox)
+			r.Post("/sandboxes/{id}/ping", a.pingSandbox)
+			r.Post("/sandboxes/{id}/timeout", a.setTimeout)
 			r.Group(func(r chi.Router) {
 				r.Use(requireAdmin)
 				r.Post("/admin/hosts", a.createHost)

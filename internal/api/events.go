@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
@@ -22,24 +21,12 @@ func (a *API) ApplyEvent(ctx context.Context, e events.Event) error {
 		log.Warn("ignoring event with a refused transition", "err", err)
 		return nil
 	}
-	var err error
-	switch {
-	case e.To == lifecycle.Running && e.Running != nil:
-		_, err = a.q.UpdateSandboxRunningIf(ctx, runningParams(e.SandboxID, e.TeamID, e.From, e.Running))
-	case e.To == lifecycle.Error:
-		_, err = a.q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Error: e.Error})
-	case e.To == lifecycle.Stopped:
-		t := e.Time
-		_, err = a.q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), StoppedAt: &t})
-	default:
-		_, err = a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Status: string(e.To)})
-	}
-	if isNoRows(err) {
-		return nil
-	}
+	moved, err := ApplyTransition(ctx, a.q, e)
 	if err != nil {
-		return fmt.Errorf("apply event %s -> %s to sandbox %s: %w", e.From, e.To, e.SandboxID, err)
+		return fmt.Errorf("apply event: %w", err)
 	}
-	log.Info("event consumer recorded an outcome before its writer", "from", e.From, "to", e.To, "actor", e.Actor)
+	if moved {
+		log.Info("event consumer recorded an outcome before its writer", "from", e.From, "to", e.To, "actor", e.Actor)
+	}
 	return nil
 }

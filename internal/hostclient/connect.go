@@ -140,16 +140,47 @@ func (a *connectAgent) Exec(ctx context.Context, req ExecRequest) (ExecResult, e
 	}, nil
 }
 
-func (a *connectAgent) ListSandboxes(ctx context.Context) ([]Sandbox, error) {
+func (a *connectAgent) ListSandboxes(ctx context.Context) (Listing, error) {
 	resp, err := a.rpc.ListSandboxes(ctx, connect.NewRequest(&hostagentv1.ListSandboxesRequest{}))
 	if err != nil {
-		return nil, classify("list sandboxes", err)
+		return Listing{}, classify("list sandboxes", err)
 	}
-	out := make([]Sandbox, 0, len(resp.Msg.GetSandboxes()))
+	out := Listing{Sandboxes: make([]Sandbox, 0, len(resp.Msg.GetSandboxes())), AutoPausedIDs: resp.Msg.GetAutoPausedIds()}
 	for _, s := range resp.Msg.GetSandboxes() {
-		out = append(out, fromProto(s))
+		out.Sandboxes = append(out.Sandboxes, fromProto(s))
 	}
 	return out, nil
+}
+
+func (a *connectAgent) PauseSandbox(ctx context.Context, sandboxID string) (Sandbox, error) {
+	resp, err := a.rpc.PauseSandbox(ctx, connect.NewRequest(&hostagentv1.PauseSandboxRequest{SandboxId: sandboxID}))
+	if err != nil {
+		return Sandbox{}, classify("pause sandbox", err)
+	}
+	return fromProto(resp.Msg.GetSandbox()), nil
+}
+
+func (a *connectAgent) ResumeSandbox(ctx context.Context, sandboxID string) (Sandbox, error) {
+	resp, err := a.rpc.ResumeSandbox(ctx, connect.NewRequest(&hostagentv1.ResumeSandboxRequest{SandboxId: sandboxID}))
+	if err != nil {
+		return Sandbox{}, classify("resume sandbox", err)
+	}
+	return fromProto(resp.Msg.GetSandbox()), nil
+}
+
+func (a *connectAgent) PingSandbox(ctx context.Context, sandboxID string) error {
+	if _, err := a.rpc.PingSandbox(ctx, connect.NewRequest(&hostagentv1.PingSandboxRequest{SandboxId: sandboxID})); err != nil {
+		return classify("ping sandbox", err)
+	}
+	return nil
+}
+
+func (a *connectAgent) SetSandboxTimeout(ctx context.Context, sandboxID string, timeoutSec uint32) error {
+	_, err := a.rpc.SetSandboxTimeout(ctx, connect.NewRequest(&hostagentv1.SetSandboxTimeoutRequest{SandboxId: sandboxID, TimeoutSec: timeoutSec}))
+	if err != nil {
+		return classify("set sandbox timeout", err)
+	}
+	return nil
 }
 
 func fromProto(s *hostagentv1.Sandbox) Sandbox {

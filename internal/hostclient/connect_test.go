@@ -137,3 +137,105 @@ func TestUnreachableAndBadAddress(t *testing.T) {
 		t.Errorf("expired context: %v, want ErrTimeout", err)
 	}
 }
+
+// lifecycleAgent scripts the pause/resume/ping/timeout RPCs.
+type lifecycleAgent struct {
+	hostagentv1connect.UnimplementedHostAgentServiceHandler
+	timeout atomic.Uint32
+}
+
+func (s *lifecycleAgent) PauseSandbox(_ context.Context, r *connect.Request[hostagentv1.PauseSandboxRequest]) (*connect.Response[hostagentv1.PauseSandboxResponse], error) {
+	return connect.NewResponse(&hostagentv1.PauseSandboxResponse{Sandbox: &hostagentv1.Sandbox{SandboxId: r.Msg.SandboxId, State: hostagentv1.SandboxState_SANDBOX_STATE_PAUSED}}), nil
+}
+
+func (s *lifecycleAgent) ResumeSandbox(_ context.Context, r *connect.Request[hostagentv1.ResumeSandboxRequest]) (*connect.Response[hostagentv1.ResumeSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("sandbox "+r.Msg.SandboxId+" is running"))
+}
+
+func (s *lifecycleAgent) PingSandbox(_ context.Context, r *connect.Request[hostagentv1.PingSandboxRequest]) (*connect.Response[hostagentv1.PingSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeNotFound, errors.New("no such sandbox"))
+}
+
+func (s *lifecycleAgent) SetSandboxTimeout(_ context.Context, r *connect.Request[hostagentv1.SetSandboxTimeoutRequest]) (*connect.Response[hostagentv1.SetSandboxTimeoutResponse], error) {
+	s.timeout.Store(r.Msg.TimeoutSec)
+	return connect.NewResponse(&hostagentv1.SetSandboxTimeoutResponse{}), nil
+}
+
+func (s *lifecycleAgent) ListSandboxes(context.Context, *connect.Request[hostagentv1.ListSandboxesRequest]) (*connect.Response[hostagentv1.ListSandboxesResponse], error) {
+	return connect.NewResponse(&hostagentv1.ListSandboxesResponse{
+		Sandboxes:     []*hostagentv1.Sandbox{{SandboxId: "sb-a", State: hostagentv1.SandboxState_SANDBOX_STATE_PAUSED}},
+		AutoPausedIds: []string{"sb-a"},
+	}), nil
+}
+
+func TestConnectAgentLifecycle(t *testing.T) {
+	t.Parallel()
+	srv := &lifecycleAgent{}
+	_, h := hostagentv1connect.NewHostAgentServiceHandler(srv)
+	hs := httptest.NewServer(h)
+	t.Cleanup(hs.Close)
+	pool := NewPool()
+	defer pool.Close()
+	a, err := pool.Agent("host-1", hs.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if sb, err := a.PauseSandbox(ctx, "sb-a"); err != nil || sb.State != StatePaused || sb.ID != "sb-a" {
+		t.Errorf("pause: %+v %v", sb, err)
+	}
+	if _, err := a.ResumeSandbox(ctx, "sb-a"); !errors.Is(err, ErrConflict) {
+		t.Errorf("resume: %v, want ErrConflict", err)
+	}
+	if err := a.PingSandbox(ctx, "sb-a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ping: %v, want ErrNotFound", err)
+	}
+	if err := a.SetSandboxTimeout(ctx, "sb-a", 42); err != nil || srv.timeout.Load() != 42 {
+		t.Errorf("timeout: %v, agent got %d", err, srv.timeout.Load())
+	}
+	l, err := a.ListSandboxes(ctx)
+	if err != nil || len(l.Sandboxes) != 1 || l.Sandboxes[0].State != StatePaused || len(l.AutoPausedIDs) != 1 || l.AutoPausedIDs[0] != "sb-a" {
+		t.Errorf("list: %+v %v", l, err)
+	}
+}
+
+// The fake refuses what the real agent refuses: pause only when running,
+// resume only when paused, exec only when running.
+func TestFakeModelsStates(t *testing.T) {
+	t.Parallel()
+	f := NewFake()
+	ctx := context.Background()
+	if _, err := f.PauseSandbox(ctx, "sb-x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("pause unknown: %v", err)
+	}
+	if _, err := f.CreateSandbox(ctx, CreateRequest{SandboxID: "sb-x"}); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		call func() error
+		want error
+	}{
+		{"resume running", func() error { _, err := f.ResumeSandbox(ctx, "sb-x"); return err }, ErrConflict},
+		{"pause", func() error { _, err := f.PauseSandbox(ctx, "sb-x"); return err }, nil},
+		{"pause paused", func() error { _, err := f.PauseSandbox(ctx, "sb-x"); return err }, ErrConflict},
+		{"exec paused", func() error { _, err := f.Exec(ctx, ExecRequest{SandboxID: "sb-x", Cmd: "x"}); return err }, ErrConflict},
+		{"resume", func() error { _, err := f.ResumeSandbox(ctx, "sb-x"); return err }, nil},
+		{"timeout", func() error { return f.SetSandboxTimeout(ctx, "sb-x", 9) }, nil},
+	}
+	for _, s := range steps {
+		if err := s.call(); (s.want == nil && err != nil) || (s.want != nil && !errors.Is(err, s.want)) {
+			t.Errorf("%s: %v, want %v", s.name, err, s.want)
+		}
+	}
+	if !f.AutoPause("sb-x") || f.AutoPause("sb-x") {
+		t.Error("auto-pause should succeed once")
+	}
+	l, _ := f.ListSandboxes(ctx)
+	if len(l.AutoPausedIDs) != 1 {
+		t.Errorf("auto-paused %v", l.AutoPausedIDs)
+	}
+	if l, _ := f.ListSandboxes(ctx); len(l.AutoPausedIDs) != 0 {
+		t.Errorf("auto-paused reported twice: %v", l.AutoPausedIDs)
+	}
+}

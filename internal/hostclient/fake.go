@@ -11,9 +11,11 @@ import (
 // and may fail the call or block it (for shutdown and race tests). It is safe
 // for concurrent use.
 type Fake struct {
-	mu        sync.Mutex
-	sandboxes map[string]Sandbox
-	calls     map[string]int
+	mu         sync.Mutex
+	sandboxes  map[string]Sandbox
+	calls      map[string]int
+	autoPaused []string
+	timeouts   map[string]uint32
 
 	// OnCreate, OnDestroy and OnExec run first; a non-nil error fails the
 	// call with it.
@@ -22,6 +24,12 @@ type Fake struct {
 	// OnExec, when set, produces the result instead of the default echo of
 	// the command line on stdout.
 	OnExec func(ctx context.Context, req ExecRequest) (ExecResult, error)
+	// OnPause and OnResume run first; a non-nil error fails the call.
+	OnPause  func(ctx context.Context, sandboxID string) error
+	OnResume func(ctx context.Context, sandboxID string) error
+	// OnList, when set, runs first; a non-nil error fails ListSandboxes
+	// (an unreachable host).
+	OnList func(ctx context.Context) error
 }
 
 var (
@@ -31,14 +39,15 @@ var (
 
 // NewFake returns a fake with no sandboxes.
 func NewFake() *Fake {
-	return &Fake{sandboxes: map[string]Sandbox{}, calls: map[string]int{}}
+	return &Fake{sandboxes: map[string]Sandbox{}, calls: map[string]int{}, timeouts: map[string]uint32{}}
 }
 
 // Agent returns f for every host.
 func (f *Fake) Agent(hostID, address string) (Agent, error) { return f, nil }
 
 // Calls returns how many times method (CreateSandbox, DestroySandbox, Exec,
-// ListSandboxes) was called.
+// ListSandboxes, PauseSandbox, ResumeSandbox, PingSandbox,
+// SetSandboxTimeout) was called.
 func (f *Fake) Calls(method string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -103,6 +112,7 @@ func (f *Fake) DestroySandbox(ctx context.Context, sandboxID string) error {
 		return &Error{Op: "destroy sandbox", Class: ErrNotFound, Message: "sandbox " + sandboxID + " not found"}
 	}
 	delete(f.sandboxes, sandboxID)
+	delete(f.timeouts, sandboxID)
 	return nil
 }
 
@@ -110,8 +120,11 @@ func (f *Fake) DestroySandbox(ctx context.Context, sandboxID string) error {
 // spaces plus a newline (the cmd itself when there are none).
 func (f *Fake) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	f.count("Exec")
-	if !f.Has(req.SandboxID) {
+	switch st, ok := f.State(req.SandboxID); {
+	case !ok:
 		return ExecResult{}, &Error{Op: "exec", Class: ErrNotFound, Message: "sandbox " + req.SandboxID + " not found"}
+	case st != StateRunning:
+		return ExecResult{}, &Error{Op: "exec", Class: ErrConflict, Message: "sandbox " + req.SandboxID + " is " + string(st)}
 	}
 	if f.OnExec != nil {
 		return f.OnExec(ctx, req)
@@ -129,14 +142,121 @@ func (f *Fake) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	return ExecResult{Stdout: []byte(out + "\n"), Stderr: []byte{}, Duration: time.Millisecond}, nil
 }
 
-// ListSandboxes returns the fake's sandboxes.
-func (f *Fake) ListSandboxes(ctx context.Context) ([]Sandbox, error) {
+// ListSandboxes returns the fake's sandboxes and, like the real agent, the
+// ids it auto-paused since the previous call (each reported once).
+func (f *Fake) ListSandboxes(ctx context.Context) (Listing, error) {
 	f.count("ListSandboxes")
+	if f.OnList != nil {
+		if err := f.OnList(ctx); err != nil {
+			return Listing{}, err
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make([]Sandbox, 0, len(f.sandboxes))
+	out := Listing{Sandboxes: make([]Sandbox, 0, len(f.sandboxes)), AutoPausedIDs: f.autoPaused}
+	f.autoPaused = nil
 	for _, s := range f.sandboxes {
-		out = append(out, s)
+		out.Sandboxes = append(out.Sandboxes, s)
 	}
 	return out, nil
+}
+
+// State returns what the fake host says about sandboxID, and whether it has
+// it at all.
+func (f *Fake) State(sandboxID string) (State, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.sandboxes[sandboxID]
+	return s.State, ok
+}
+
+// Timeout returns the inactivity timeout last set for sandboxID.
+func (f *Fake) Timeout(sandboxID string) (uint32, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.timeouts[sandboxID]
+	return t, ok
+}
+
+// AutoPause pauses a running sandbox as the agent does after inactivity and
+// reports it in the next ListSandboxes. It returns false when the sandbox
+// is not running.
+func (f *Fake) AutoPause(sandboxID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.sandboxes[sandboxID]
+	if !ok || s.State != StateRunning {
+		return false
+	}
+	s.State = StatePaused
+	f.sandboxes[sandboxID] = s
+	f.autoPaused = append(f.autoPaused, sandboxID)
+	return true
+}
+
+// Vanish forgets a sandbox without being asked, as when it died on the host.
+func (f *Fake) Vanish(sandboxID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.sandboxes, sandboxID)
+}
+
+// transition moves sandboxID from one state to another as the real agent
+// does: unknown is ErrNotFound, any other starting state ErrConflict.
+func (f *Fake) transition(op, sandboxID string, from, to State) (Sandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.sandboxes[sandboxID]
+	if !ok {
+		return Sandbox{}, &Error{Op: op, Class: ErrNotFound, Message: "sandbox " + sandboxID + " not found"}
+	}
+	if s.State != from {
+		return Sandbox{}, &Error{Op: op, Class: ErrConflict, Message: "sandbox " + sandboxID + " is " + string(s.State) + ", not " + string(from)}
+	}
+	s.State = to
+	f.sandboxes[sandboxID] = s
+	return s, nil
+}
+
+// PauseSandbox pauses a running sandbox.
+func (f *Fake) PauseSandbox(ctx context.Context, sandboxID string) (Sandbox, error) {
+	f.count("PauseSandbox")
+	if f.OnPause != nil {
+		if err := f.OnPause(ctx, sandboxID); err != nil {
+			return Sandbox{}, err
+		}
+	}
+	return f.transition("pause sandbox", sandboxID, StateRunning, StatePaused)
+}
+
+// ResumeSandbox resumes a paused sandbox.
+func (f *Fake) ResumeSandbox(ctx context.Context, sandboxID string) (Sandbox, error) {
+	f.count("ResumeSandbox")
+	if f.OnResume != nil {
+		if err := f.OnResume(ctx, sandboxID); err != nil {
+			return Sandbox{}, err
+		}
+	}
+	return f.transition("resume sandbox", sandboxID, StatePaused, StateRunning)
+}
+
+// PingSandbox succeeds for any sandbox the fake has.
+func (f *Fake) PingSandbox(ctx context.Context, sandboxID string) error {
+	f.count("PingSandbox")
+	if _, ok := f.State(sandboxID); !ok {
+		return &Error{Op: "ping sandbox", Class: ErrNotFound, Message: "sandbox " + sandboxID + " not found"}
+	}
+	return nil
+}
+
+// SetSandboxTimeout records the timeout of a sandbox the fake has.
+func (f *Fake) SetSandboxTimeout(ctx context.Context, sandboxID string, timeoutSec uint32) error {
+	f.count("SetSandboxTimeout")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.sandboxes[sandboxID]; !ok {
+		return &Error{Op: "set sandbox timeout", Class: ErrNotFound, Message: "sandbox " + sandboxID + " not found"}
+	}
+	f.timeouts[sandboxID] = timeoutSec
+	return nil
 }

@@ -24,7 +24,26 @@ type Agent interface {
 	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
 	// ListSandboxes returns what runs on the host: the truth the control
 	// plane reconciles against.
-	ListSandboxes(ctx context.Context) ([]Sandbox, error)
+	ListSandboxes(ctx context.Context) (Listing, error)
+	// PauseSandbox freezes a running sandbox, keeping memory and disk. A
+	// sandbox that is not running is an error matching ErrConflict.
+	PauseSandbox(ctx context.Context, sandboxID string) (Sandbox, error)
+	// ResumeSandbox thaws a paused sandbox and returns once envd answers. A
+	// sandbox that is not paused is an error matching ErrConflict.
+	ResumeSandbox(ctx context.Context, sandboxID string) (Sandbox, error)
+	// PingSandbox counts as activity: it restarts the inactivity timer.
+	PingSandbox(ctx context.Context, sandboxID string) error
+	// SetSandboxTimeout replaces the inactivity timeout (0: never
+	// auto-pause) and restarts the timer.
+	SetSandboxTimeout(ctx context.Context, sandboxID string, timeoutSec uint32) error
+}
+
+// Listing is a host's live sandbox list. AutoPausedIDs names the sandboxes
+// the agent paused for inactivity since its previous answer, so the monitor
+// can tell an auto-pause it missed from a sandbox that vanished.
+type Listing struct {
+	Sandboxes     []Sandbox
+	AutoPausedIDs []string
 }
 
 // Dialer returns the Agent of a host. Implementations cache one client per

@@ -76,6 +76,31 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 	return i, err
 }
 
+const getHostByTokenHash = `-- name: GetHostByTokenHash :one
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts WHERE token_hash = $1
+`
+
+func (q *Queries) GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error) {
+	row := q.db.QueryRow(ctx, getHostByTokenHash, tokenHash)
+	var i Host
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.Address,
+		&i.Runtime,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.RegistrationTokenHash,
+		&i.RegistrationExpiresAt,
+		&i.TokenHash,
+		&i.LastHeartbeatAt,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const heartbeatHost = `-- name: HeartbeatHost :one
 UPDATE hosts
 SET address = $1,
@@ -112,6 +137,44 @@ func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (s
 	var id string
 	err := row.Scan(&id)
 	return id, err
+}
+
+const listHostsByStatus = `-- name: ListHostsByStatus :many
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts WHERE status = $1 ORDER BY id
+`
+
+func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host, error) {
+	rows, err := q.db.Query(ctx, listHostsByStatus, status)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Host{}
+	for rows.Next() {
+		var i Host
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Address,
+			&i.Runtime,
+			&i.Status,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.RegistrationTokenHash,
+			&i.RegistrationExpiresAt,
+			&i.TokenHash,
+			&i.LastHeartbeatAt,
+			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const listHostsWithCounts = `-- name: ListHostsWithCounts :many
@@ -173,6 +236,33 @@ func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCount
 	return items, nil
 }
 
+const markHostsUnreachable = `-- name: MarkHostsUnreachable :many
+UPDATE hosts SET status = 'unreachable'
+WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1::timestamptz)
+RETURNING id
+`
+
+// Online hosts whose last heartbeat is older than the cutoff.
+func (q *Queries) MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([]string, error) {
+	rows, err := q.db.Query(ctx, markHostsUnreachable, cutoff)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const pickHost = `-- name: PickHost :one
 SELECT h.id, h.name, h.address, h.runtime, h.status, h.vcpus, h.memory_mb, h.disk_mb, h.registration_token_hash, h.registration_expires_at, h.token_hash, h.last_heartbeat_at, h.created_at,
        (SELECT count(*) FROM sandboxes s WHERE s.host_id = h.id AND s.status <> 'stopped')::bigint AS active_sandboxes
@@ -221,6 +311,26 @@ func (q *Queries) PickHost(ctx context.Context, heartbeatAfter time.Time) (PickH
 		&i.ActiveSandboxes,
 	)
 	return i, err
+}
+
+const recordHostSandboxEvent = `-- name: RecordHostSandboxEvent :execrows
+INSERT INTO host_sandbox_events (event_id, host_id, sandbox_id) VALUES ($1, $2, $3)
+ON CONFLICT (event_id) DO NOTHING
+`
+
+type RecordHostSandboxEventParams struct {
+	EventID   string
+	HostID    string
+	SandboxID string
+}
+
+// Zero rows: the event was applied before (a retried callback).
+func (q *Queries) RecordHostSandboxEvent(ctx context.Context, arg RecordHostSandboxEventParams) (int64, error) {
+	result, err := q.db.Exec(ctx, recordHostSandboxEvent, arg.EventID, arg.HostID, arg.SandboxID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const registerHost = `-- name: RegisterHost :one

@@ -36,6 +36,13 @@ type Host struct {
 	CreatedAt             time.Time
 }
 
+type HostSandboxEvent struct {
+	EventID    string
+	HostID     string
+	SandboxID  string
+	ReceivedAt time.Time
+}
+
 type Sandbox struct {
 	ID          string
 	TeamID      string
@@ -54,6 +61,7 @@ type Sandbox struct {
 	StartedAt   *time.Time
 	StoppedAt   *time.Time
 	UpdatedAt   time.Time
+	MissingFrom *string
 }
 
 type Team struct {

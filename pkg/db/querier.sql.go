@@ -23,18 +23,28 @@ type Querier interface {
 	// keys stop working without a separate revoke.
 	GetAPIKeyByHash(ctx context.Context, keyHash string) (GetAPIKeyByHashRow, error)
 	GetHost(ctx context.Context, id string) (Host, error)
+	GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error)
 	GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox, error)
+	// For agent callbacks: a sandbox of another host is "not found".
+	GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostParams) (Sandbox, error)
 	HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (string, error)
 	// Sandboxes. Status changes only through the *If queries below: each is a
 	// compare-and-set on the expected status, so a writer that lost a race
 	// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
 	// by team_id.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	ListHostsByStatus(ctx context.Context, status string) ([]Host, error)
 	ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCountsRow, error)
+	// Everything the monitor reconciles on one host: every sandbox not stopped.
+	ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error)
 	ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error)
+	// Online hosts whose last heartbeat is older than the cutoff.
+	MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([]string, error)
 	// Least-loaded online host with a recent heartbeat; ties go to the oldest id
 	// so placement is deterministic.
 	PickHost(ctx context.Context, heartbeatAfter time.Time) (PickHostRow, error)
+	// Zero rows: the event was applied before (a retried callback).
+	RecordHostSandboxEvent(ctx context.Context, arg RecordHostSandboxEventParams) (int64, error)
 	// Single use by construction: the token hash is cleared in the same
 	// statement that checks it, so of two concurrent registrations one finds no
 	// row.
@@ -45,9 +55,14 @@ type Querier interface {
 	// At most one write a minute per key, so authentication stays a read.
 	TouchAPIKey(ctx context.Context, arg TouchAPIKeyParams) error
 	UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErrorIfParams) (Sandbox, error)
+	// The host stopped answering: remember what the sandbox was.
+	UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxMissingIfParams) (Sandbox, error)
 	UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxRunningIfParams) (Sandbox, error)
 	UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxStatusIfParams) (Sandbox, error)
 	UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxStoppedIfParams) (Sandbox, error)
+	// The timeout is no status, so it is written directly; stopped and errored
+	// sandboxes keep theirs.
+	UpdateSandboxTimeout(ctx context.Context, arg UpdateSandboxTimeoutParams) (Sandbox, error)
 }
 
 var _ Querier = (*Queries)(nil)

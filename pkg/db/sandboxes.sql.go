@@ -11,7 +11,7 @@ import (
 )
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -40,6 +40,43 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.StartedAt,
 		&i.StoppedAt,
 		&i.UpdatedAt,
+		&i.MissingFrom,
+	)
+	return i, err
+}
+
+const getSandboxOnHost = `-- name: GetSandboxOnHost :one
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE id = $1 AND host_id = $2
+`
+
+type GetSandboxOnHostParams struct {
+	ID     string
+	HostID string
+}
+
+// For agent callbacks: a sandbox of another host is "not found".
+func (q *Queries) GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, getSandboxOnHost, arg.ID, arg.HostID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.HostIp,
+		&i.GuestIp,
+		&i.EnvdVersion,
+		&i.Error,
+		&i.CreatedAt,
+		&i.StartedAt,
+		&i.StoppedAt,
+		&i.UpdatedAt,
+		&i.MissingFrom,
 	)
 	return i, err
 }
@@ -48,7 +85,7 @@ const insertSandbox = `-- name: InsertSandbox :one
 
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec)
 VALUES ($1, $2, $3, $4, 'starting', $5, $6, $7, $8)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
 type InsertSandboxParams struct {
@@ -96,12 +133,57 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.StartedAt,
 		&i.StoppedAt,
 		&i.UpdatedAt,
+		&i.MissingFrom,
 	)
 	return i, err
 }
 
+const listLiveSandboxesOnHost = `-- name: ListLiveSandboxesOnHost :many
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE host_id = $1 AND status <> 'stopped' ORDER BY id
+`
+
+// Everything the monitor reconciles on one host: every sandbox not stopped.
+func (q *Queries) ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, listLiveSandboxesOnHost, hostID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.Status,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.TimeoutSec,
+			&i.HostIp,
+			&i.GuestIp,
+			&i.EnvdVersion,
+			&i.Error,
+			&i.CreatedAt,
+			&i.StartedAt,
+			&i.StoppedAt,
+			&i.UpdatedAt,
+			&i.MissingFrom,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC
 `
 
 func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error) {
@@ -131,6 +213,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, 
 			&i.StartedAt,
 			&i.StoppedAt,
 			&i.UpdatedAt,
+			&i.MissingFrom,
 		); err != nil {
 			return nil, err
 		}
@@ -146,7 +229,7 @@ const updateSandboxErrorIf = `-- name: UpdateSandboxErrorIf :one
 UPDATE sandboxes
 SET status = 'error', error = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
 type UpdateSandboxErrorIfParams struct {
@@ -182,6 +265,47 @@ func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErr
 		&i.StartedAt,
 		&i.StoppedAt,
 		&i.UpdatedAt,
+		&i.MissingFrom,
+	)
+	return i, err
+}
+
+const updateSandboxMissingIf = `-- name: UpdateSandboxMissingIf :one
+UPDATE sandboxes
+SET status = 'missing', missing_from = $1::text, updated_at = now()
+WHERE id = $2 AND team_id = $3 AND status = $1
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+`
+
+type UpdateSandboxMissingIfParams struct {
+	Expected string
+	ID       string
+	TeamID   string
+}
+
+// The host stopped answering: remember what the sandbox was.
+func (q *Queries) UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxMissingIfParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, updateSandboxMissingIf, arg.Expected, arg.ID, arg.TeamID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.HostIp,
+		&i.GuestIp,
+		&i.EnvdVersion,
+		&i.Error,
+		&i.CreatedAt,
+		&i.StartedAt,
+		&i.StoppedAt,
+		&i.UpdatedAt,
+		&i.MissingFrom,
 	)
 	return i, err
 }
@@ -197,7 +321,7 @@ SET status = 'running',
     error = '',
     updated_at = now()
 WHERE id = $6 AND team_id = $7 AND status = $8
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
 type UpdateSandboxRunningIfParams struct {
@@ -241,6 +365,7 @@ func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxR
 		&i.StartedAt,
 		&i.StoppedAt,
 		&i.UpdatedAt,
+		&i.MissingFrom,
 	)
 	return i, err
 }
@@ -249,7 +374,7 @@ const updateSandboxStatusIf = `-- name: UpdateSandboxStatusIf :one
 UPDATE sandboxes
 SET status = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
 type UpdateSandboxStatusIfParams struct {
@@ -285,6 +410,7 @@ func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxSt
 		&i.StartedAt,
 		&i.StoppedAt,
 		&i.UpdatedAt,
+		&i.MissingFrom,
 	)
 	return i, err
 }
@@ -293,7 +419,7 @@ const updateSandboxStoppedIf = `-- name: UpdateSandboxStoppedIf :one
 UPDATE sandboxes
 SET status = 'stopped', stopped_at = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
 type UpdateSandboxStoppedIfParams struct {
@@ -329,6 +455,48 @@ func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxS
 		&i.StartedAt,
 		&i.StoppedAt,
 		&i.UpdatedAt,
+		&i.MissingFrom,
+	)
+	return i, err
+}
+
+const updateSandboxTimeout = `-- name: UpdateSandboxTimeout :one
+UPDATE sandboxes
+SET timeout_sec = $1, updated_at = now()
+WHERE id = $2 AND team_id = $3 AND status IN ('running', 'paused', 'pausing', 'resuming')
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+`
+
+type UpdateSandboxTimeoutParams struct {
+	TimeoutSec int32
+	ID         string
+	TeamID     string
+}
+
+// The timeout is no status, so it is written directly; stopped and errored
+// sandboxes keep theirs.
+func (q *Queries) UpdateSandboxTimeout(ctx context.Context, arg UpdateSandboxTimeoutParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, updateSandboxTimeout, arg.TimeoutSec, arg.ID, arg.TeamID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.Status,
+		&i.Vcpus,
+		&i.MemoryMb,
+		&i.DiskMb,
+		&i.TimeoutSec,
+		&i.HostIp,
+		&i.GuestIp,
+		&i.EnvdVersion,
+		&i.Error,
+		&i.CreatedAt,
+		&i.StartedAt,
+		&i.StoppedAt,
+		&i.UpdatedAt,
+		&i.MissingFrom,
 	)
 	return i, err
 }

@@ -28,19 +28,22 @@ var All = []Status{Starting, Running, Pausing, Paused, Resuming, Stopping, Stopp
 
 // transitions is the whole state machine: from → allowed targets. Failure
 // edges return to the truthful state (pausing → running after a failed
-// pause, resuming → paused after a failed resume); missing may be restored
-// to whatever the host reports when it returns.
+// pause, resuming → paused after a failed resume). Every non-terminal status
+// may become stopped or error, because the host can lose a sandbox at any
+// time (it died, the agent says so, or the monitor finds it gone); missing
+// may be restored to whatever the host reports when it returns, and the
+// monitor settles a stuck transient status to what the host reports.
 var transitions = map[Status][]Status{
-	Starting:     {Running, Stopping, Error, Missing},
+	Starting:     {Running, Stopping, Stopped, Error, Missing},
 	Running:      {Pausing, Stopping, Snapshotting, Stopped, Paused, Error, Missing},
-	Pausing:      {Paused, Running, Stopping, Error, Missing},
-	Paused:       {Resuming, Stopping, Error, Missing},
-	Resuming:     {Running, Paused, Stopping, Error, Missing},
+	Pausing:      {Paused, Running, Stopping, Stopped, Error, Missing},
+	Paused:       {Resuming, Stopping, Stopped, Error, Missing},
+	Resuming:     {Running, Paused, Stopping, Stopped, Error, Missing},
 	Stopping:     {Stopped, Error, Missing},
 	Stopped:      {},
 	Error:        {Stopping, Stopped},
 	Missing:      {Running, Paused, Stopped, Error, Stopping},
-	Snapshotting: {Running, Error, Missing},
+	Snapshotting: {Running, Paused, Stopped, Error, Missing},
 }
 
 // Valid reports whether s is a known status.

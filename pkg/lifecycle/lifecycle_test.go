@@ -26,6 +26,17 @@ func TestTable(t *testing.T) {
 		{Paused, Running, false}, // only through resuming
 		{Starting, Paused, false},
 		{Running, Running, false},
+		// The host lost it: every non-terminal status may become stopped
+		// (agent "died" callbacks, the monitor).
+		{Starting, Stopped, true},
+		{Pausing, Stopped, true},
+		{Paused, Stopped, true},
+		{Resuming, Stopped, true},
+		{Snapshotting, Stopped, true},
+		{Snapshotting, Paused, true},
+		{Missing, Running, true}, // restored when the host returns
+		{Missing, Paused, true},
+		{Error, Error, false},
 	}
 	for _, tc := range tests {
 		t.Run(string(tc.from)+"->"+string(tc.to), func(t *testing.T) {
@@ -61,6 +72,14 @@ func TestTableIsClosed(t *testing.T) {
 	}
 	if len(All) != len(transitions) {
 		t.Errorf("All has %d statuses, table %d", len(All), len(transitions))
+	}
+	for _, s := range All {
+		if s.Terminal() {
+			continue
+		}
+		if !Allowed(s, Stopped) && s != Stopping && s != Error {
+			t.Errorf("%s cannot become stopped directly", s)
+		}
 	}
 	if _, err := Parse("bogus"); err == nil {
 		t.Error("Parse accepted bogus")
