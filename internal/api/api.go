@@ -75,6 +75,7 @@ func (a *API) Routes(r chi.Router) {
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/hosts/register", a.registerHost)
 		r.Post("/hosts/heartbeat", a.heartbeat)
+		r.Post("/hosts/sandbox-events", a.hostSandboxEvent)
 		r.Group(func(r chi.Router) {
 			r.Use(a.RequireAPIKey)
 			r.Post("/sandboxes", a.createSandbox)
