@@ -19,6 +19,9 @@ func (m *Manager) Pause(ctx context.Context, sandboxID string) (Snapshot, error)
 	if err != nil {
 		return Snapshot{}, err
 	}
+	if sb.creating.Load() {
+		return Snapshot{}, fmt.Errorf("%w: sandbox %s is %s, only a running sandbox can be paused", ErrConflict, sb.ID, StateCreating)
+	}
 	sb.op.Lock()
 	defer sb.op.Unlock()
 	if err := m.pauseLocked(ctx, sb); err != nil {
@@ -29,6 +32,9 @@ func (m *Manager) Pause(ctx context.Context, sandboxID string) (Snapshot, error)
 
 // pauseLocked pauses sb; the caller holds sb.op.
 func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox) error {
+	if sb.State == StateDestroying {
+		return goneError(sb.ID)
+	}
 	if sb.State != StateRunning {
 		return fmt.Errorf("%w: sandbox %s is %s, only a running sandbox can be paused", ErrConflict, sb.ID, sb.State)
 	}
@@ -54,8 +60,14 @@ func (m *Manager) Resume(ctx context.Context, sandboxID string) (Snapshot, error
 	if err != nil {
 		return Snapshot{}, err
 	}
+	if sb.creating.Load() {
+		return Snapshot{}, fmt.Errorf("%w: sandbox %s is %s, only a paused sandbox can be resumed", ErrConflict, sb.ID, StateCreating)
+	}
 	sb.op.Lock()
 	defer sb.op.Unlock()
+	if sb.State == StateDestroying {
+		return Snapshot{}, goneError(sb.ID)
+	}
 	if sb.State != StatePaused {
 		return Snapshot{}, fmt.Errorf("%w: sandbox %s is %s, only a paused sandbox can be resumed", ErrConflict, sb.ID, sb.State)
 	}
@@ -108,7 +120,7 @@ func (m *Manager) SetTimeout(sandboxID string, timeout time.Duration) error {
 	sb.op.Lock()
 	defer sb.op.Unlock()
 	if sb.State == StateDestroying {
-		return fmt.Errorf("%w: no sandbox %s on this host", ErrNotFound, sandboxID)
+		return goneError(sandboxID)
 	}
 	sb.Timeout = timeout
 	m.touch(sb)
@@ -138,6 +150,9 @@ func (m *Manager) touch(sb *Sandbox) {
 func (m *Manager) begin(sb *Sandbox) (envd *envdclient.Client, done func(), err error) {
 	sb.op.Lock()
 	defer sb.op.Unlock()
+	if sb.State == StateDestroying {
+		return nil, nil, goneError(sb.ID)
+	}
 	if sb.State != StateRunning {
 		return nil, nil, fmt.Errorf("%w: sandbox %s is %s, not running", ErrConflict, sb.ID, sb.State)
 	}
@@ -157,4 +172,10 @@ func (m *Manager) TakeAutoPaused() []string {
 	out := m.autoPaused
 	m.autoPaused = nil
 	return out
+}
+
+// goneError is what an operation gets that waited for a sandbox which was
+// destroyed (or whose create failed) meanwhile.
+func goneError(sandboxID string) error {
+	return fmt.Errorf("%w: no sandbox %s on this host", ErrNotFound, sandboxID)
 }

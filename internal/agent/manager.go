@@ -93,6 +93,9 @@ type Sandbox struct {
 	// timeout is activity, not idleness). It is raised under op so the sweep,
 	// which holds op, sees a stable value.
 	busy atomic.Int32
+	// creating is set until the sandbox's create has finished, so pause and
+	// resume refuse it at once instead of queueing behind the boot.
+	creating atomic.Bool
 }
 
 // Options configures a Manager.
@@ -218,6 +221,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Sandbox, erro
 		ID: req.ID, Template: req.Template, Limits: req.Limits, Timeout: req.Timeout,
 		AllowInternet: req.AllowInternet, Env: req.Env, Token: id.Secret(32), State: StateCreating,
 	}
+	sb.creating.Store(true)
 	sb.op.Lock()
 	defer sb.op.Unlock()
 
@@ -231,7 +235,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*Sandbox, erro
 
 	log := m.log.With("sandbox_id", sb.ID)
 	start := time.Now()
+	defer sb.creating.Store(false)
 	if err := m.boot(ctx, sb); err != nil {
+		// Whoever waited on op sees a sandbox that is gone, not one
+		// still being created.
+		sb.State = StateDestroying
 		if cerr := sb.release.run(ctx); cerr != nil {
 			log.Error("release after failed create", "err", cerr)
 		}
