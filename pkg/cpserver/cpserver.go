@@ -25,6 +25,7 @@ import (
 	"github.com/wrenn/wrenn/internal/api"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/internal/logging"
+	"github.com/wrenn/wrenn/internal/monitor"
 	"github.com/wrenn/wrenn/pkg/config"
 	"github.com/wrenn/wrenn/pkg/cpextension"
 	"github.com/wrenn/wrenn/pkg/db"
@@ -220,6 +221,9 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		Name: consumerName(), MinIdle: o.claimIdle, Logger: log,
 	})
 	workers = append(workers, cpextension.Worker{Name: "event-consumer", Run: consumer.Run})
+	// The safety net: one pass a minute, on one replica at a time.
+	mon := monitor.New(monitor.Options{DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now})
+	workers = append(workers, cpextension.Worker{Name: "host-monitor", Run: mon.Run})
 
 	workCtx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	var workerWG sync.WaitGroup
