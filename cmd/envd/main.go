@@ -12,9 +12,11 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"github.com/wrenn/wrenn/internal/envd"
+	"github.com/wrenn/wrenn/internal/envd/portfwd"
 	"github.com/wrenn/wrenn/internal/envd/process"
 	"github.com/wrenn/wrenn/internal/envd/server"
 	"github.com/wrenn/wrenn/pkg/config"
@@ -28,6 +30,10 @@ func main() {
 	port := flag.Int("port", envd.DefaultPort, "TCP port to serve on")
 	logLevel := flag.String("log-level", "info", "log level: debug, info, warn or error")
 	version := flag.Bool("version", false, "print the envd version and exit")
+	// Off by default: on a developer's host, envd run standalone must not
+	// expose that host's loopback services (databases, agents) to its
+	// network. wrenn-init turns it on inside sandboxes.
+	forwardPorts := flag.Bool("forward-ports", false, "forward TCP services listening only on loopback to this machine's external IPv4 addresses")
 	flag.Parse()
 	if *version {
 		fmt.Println(envd.Version)
@@ -41,13 +47,13 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *port); err != nil {
+	if err := run(ctx, log, *port, *forwardPorts); err != nil {
 		log.Error("envd failed", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, port int) error {
+func run(ctx context.Context, log *slog.Logger, port int, forwardPorts bool) error {
 	if port <= 0 || port > 65535 {
 		return fmt.Errorf("--port %d is not a TCP port", port)
 	}
@@ -67,6 +73,15 @@ func run(ctx context.Context, log *slog.Logger, port int) error {
 		Process: process.Options{OOMScoreAdj: &adj},
 	})
 	log.Info("envd serving", "addr", ln.Addr().String(), "version", envd.Version)
+	// The forwarder stops with Serve, whether ctx ended or serving failed.
+	ctx, cancel := context.WithCancel(ctx)
+	var forwarding sync.WaitGroup
+	defer forwarding.Wait()
+	defer cancel()
+	if forwardPorts {
+		fwd := portfwd.New(portfwd.Options{Logger: log, SkipPorts: []uint16{uint16(port)}})
+		forwarding.Go(func() { fwd.Run(ctx) })
+	}
 	err = srv.Serve(ctx, ln)
 	log.Info("envd stopped")
 	return err
