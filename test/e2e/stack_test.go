@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +32,13 @@ type stack struct {
 	apiURL string
 	apiKey string
 	client *http.Client
+
+	// agent is the running host agent; agentURL its RPC address; agentBin
+	// and agentEnv start it again after killAgent.
+	agent    *process
+	agentURL string
+	agentBin string
+	agentEnv []string
 }
 
 var (
@@ -196,17 +204,20 @@ func startStack(t testing.TB) *stack {
 	}
 	s.mustDo(http.MethodPost, "/v1/admin/hosts", map[string]string{"name": "e2e"}, http.StatusCreated, &host)
 
-	agent := startProcess(t, dir, "host-agent", filepath.Join(bins, "wrenn-agent"), []string{
+	s.agentURL = fmt.Sprintf("http://127.0.0.1:%d", agentPort)
+	s.agentBin = filepath.Join(bins, "wrenn-agent")
+	s.agentEnv = []string{
 		"WRENN_DIR=" + dir,
 		fmt.Sprintf("WRENN_AGENT_LISTEN=127.0.0.1:%d", agentPort),
 		"WRENN_CP_URL=" + s.apiURL,
-		"WRENN_REGISTRATION_TOKEN=" + host.Token,
 		"WRENN_RUNTIME=auto",
 		"WRENN_DEFAULT_ROOTFS_SIZE=1Gi",
 		"WRENN_SANDBOX_CIDR=10.89.0.0/24",
 		"WRENN_AGENT_SHUTDOWN=destroy",
 		"LOG_LEVEL=debug",
-	})
+	}
+	agent := startProcess(t, dir, "host-agent", s.agentBin, append(slices.Clone(s.agentEnv), "WRENN_REGISTRATION_TOKEN="+host.Token))
+	s.agent = agent
 	s.waitFor("host online", 60*time.Second, agent, func() bool {
 		var hosts struct {
 			Hosts []struct{ Status string } `json:"hosts"`
@@ -217,6 +228,32 @@ func startStack(t testing.TB) *stack {
 	// Children stop in reverse order of start through t.Cleanup: agent
 	// first (it destroys what is left), then the control plane.
 	return s
+}
+
+// killAgent kills the host agent with SIGKILL, as a crash would: it
+// releases nothing, so its sandboxes keep running without it.
+func (s *stack) killAgent() {
+	s.t.Helper()
+	if err := s.agent.cmd.Process.Kill(); err != nil {
+		s.t.Fatalf("kill agent: %v", err)
+	}
+	<-s.agent.done
+}
+
+// restartAgent starts the agent again on the same WRENN_DIR and port, with
+// the credentials it stored at registration and no registration token, and
+// waits until it serves.
+func (s *stack) restartAgent() {
+	s.t.Helper()
+	s.agent = startProcess(s.t, s.dir, fmt.Sprintf("host-agent-%d", time.Now().UnixNano()), s.agentBin, s.agentEnv)
+	s.waitFor("restarted agent health", 60*time.Second, s.agent, func() bool {
+		resp, err := s.client.Get(s.agentURL + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 func (s *stack) waitFor(what string, timeout time.Duration, p *process, ok func() bool) {
