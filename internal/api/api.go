@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
@@ -32,6 +33,13 @@ type Deps struct {
 	Health func(ctx context.Context) error
 	// AgentTimeout bounds one background agent operation; 0 means 2 minutes.
 	AgentTimeout time.Duration
+	// Redis serves GET /v1/events (blocking reads of wrenn:events); nil
+	// makes that route 503. Give it a client of its own: every open stream
+	// holds one of its connections.
+	Redis redis.UniversalClient
+	// StreamKeepalive is how often an idle event stream gets a comment;
+	// 0 means 15 s.
+	StreamKeepalive time.Duration
 }
 
 // API serves the REST API and owns the background work it starts.
@@ -47,6 +55,10 @@ type API struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	closed bool
+
+	// streams ends when CloseStreams is called; event streams stop then.
+	streams       context.Context
+	streamsCancel context.CancelFunc
 }
 
 // New returns an API over d.
@@ -63,8 +75,12 @@ func New(d Deps) *API {
 	if d.Health == nil {
 		d.Health = func(ctx context.Context) error { return d.DB.Ping(ctx) }
 	}
+	if d.StreamKeepalive == 0 {
+		d.StreamKeepalive = 15 * time.Second
+	}
 	base, cancel := context.WithCancel(context.Background())
-	return &API{d: d, q: db.New(d.DB), log: d.Logger, base: base, cancel: cancel}
+	streams, streamsCancel := context.WithCancel(context.Background())
+	return &API{d: d, q: db.New(d.DB), log: d.Logger, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel}
 }
 
 // Routes mounts every route of the API on r, with request ids, access logs
@@ -80,6 +96,7 @@ func (a *API) Routes(r chi.Router) {
 			r.Use(a.RequireAPIKey)
 			r.Post("/sandboxes", a.createSandbox)
 			r.Get("/sandboxes", a.listSandboxes)
+			r.Get("/events", a.eventStream)
 			r.Get("/sandboxes/{id}", a.getSandbox)
 			r.Delete("/sandboxes/{id}", a.deleteSandbox)
 			r.Post("/sandboxes/{id}/exec", a.execSandbox)
@@ -134,6 +151,7 @@ func (a *API) goBackground(fn func(ctx context.Context)) error {
 // ends first, the remaining work is cancelled (its agent calls return) and
 // Wait still waits for it to record its outcome, then returns ctx's error.
 func (a *API) Wait(ctx context.Context) error {
+	a.CloseStreams()
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()

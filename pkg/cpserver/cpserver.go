@@ -157,8 +157,15 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		agents = p
 	}
 	publisher := events.NewRedisPublisher(rdb)
+	// Event streams block on XREAD for their whole life, each holding a
+	// connection: a pool of their own keeps them from starving publishes.
+	sopts := *rdb.Options()
+	sopts.PoolSize = 1024
+	sopts.ReadTimeout = 30 * time.Second
+	streamRedis := redis.NewClient(&sopts)
+	defer streamRedis.Close()
 	a := api.New(api.Deps{
-		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now,
+		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("postgres: %w", err)
@@ -215,6 +222,8 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		IdleTimeout:       620 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// Event streams never end by themselves; end them when draining starts.
+	srv.RegisterOnShutdown(a.CloseStreams)
 
 	// The fallback writer: one consumer per replica in the shared group.
 	consumer := events.NewConsumer(rdb, a.ApplyEvent, events.ConsumerOptions{
