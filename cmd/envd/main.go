@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/wrenn/wrenn/internal/envd"
+	"github.com/wrenn/wrenn/internal/envd/cgroup"
 	"github.com/wrenn/wrenn/internal/envd/portfwd"
 	"github.com/wrenn/wrenn/internal/envd/process"
 	"github.com/wrenn/wrenn/internal/envd/server"
@@ -33,6 +34,9 @@ func main() {
 	// Off by default: on a developer's host, envd run standalone must not
 	// expose that host's loopback services (databases, agents) to its
 	// network. wrenn-init turns it on inside sandboxes.
+	// Off by default too: standalone, envd's cgroup belongs to whoever
+	// started it; inside a sandbox it is the sandbox's.
+	userCgroups := flag.Bool("user-cgroup", false, "run user processes and PTYs in a cgroup of their own beside envd's, where the cgroup filesystem is writable")
 	forwardPorts := flag.Bool("forward-ports", false, "forward TCP services listening only on loopback to this machine's external IPv4 addresses")
 	flag.Parse()
 	if *version {
@@ -47,13 +51,13 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *port, *forwardPorts); err != nil {
+	if err := run(ctx, log, *port, *forwardPorts, *userCgroups); err != nil {
 		log.Error("envd failed", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, port int, forwardPorts bool) error {
+func run(ctx context.Context, log *slog.Logger, port int, forwardPorts, userCgroups bool) error {
 	if port <= 0 || port > 65535 {
 		return fmt.Errorf("--port %d is not a TCP port", port)
 	}
@@ -67,10 +71,20 @@ func run(ctx context.Context, log *slog.Logger, port int, forwardPorts bool) err
 		return fmt.Errorf("listen on port %d: %w", port, err)
 	}
 	adj := childOOMScoreAdj
+	procOpts := process.Options{OOMScoreAdj: &adj}
+	if g := userCgroup(log, userCgroups); g != nil {
+		procOpts.Cgroup = g
+		// Serve has killed and reaped every process by the time this runs.
+		defer func() {
+			if err := g.Remove(); err != nil {
+				log.Debug("remove the user cgroup", "error", err)
+			}
+		}()
+	}
 	srv := server.New(server.Options{
 		Logger:  log,
 		BaseEnv: os.Environ(),
-		Process: process.Options{OOMScoreAdj: &adj},
+		Process: procOpts,
 	})
 	log.Info("envd serving", "addr", ln.Addr().String(), "version", envd.Version)
 	// The forwarder stops with Serve, whether ctx ended or serving failed.
@@ -85,4 +99,29 @@ func run(ctx context.Context, log *slog.Logger, port int, forwardPorts bool) err
 	err = srv.Serve(ctx, ln)
 	log.Info("envd stopped")
 	return err
+}
+
+// userCgroupName is the cgroup, beside envd's own, that user processes and
+// PTYs run in.
+const userCgroupName = "wrenn-user"
+
+// userCgroup creates the cgroup for user processes, or returns nil when the
+// cgroup filesystem is not writable here (a runc sandbox mounts it read-only
+// unless delegated); envd then relies on oom_score_adj alone.
+func userCgroup(log *slog.Logger, enabled bool) *cgroup.Group {
+	if !enabled {
+		return nil
+	}
+	l, err := cgroup.Self("/sys/fs/cgroup")
+	if err != nil {
+		log.Debug("user processes share envd's cgroup", "error", err)
+		return nil
+	}
+	g, err := l.Create(userCgroupName)
+	if err != nil {
+		log.Debug("user processes share envd's cgroup", "error", err)
+		return nil
+	}
+	log.Debug("user processes get their own cgroup", "dirs", g.Dirs())
+	return g
 }

@@ -19,9 +19,10 @@ func main() {
 		os.Exit(2)
 	}
 	// Inside a sandbox, services bound only to loopback must be reachable
-	// from the host's port proxy; flags given to wrenn-init come later and
-	// can still turn it off.
-	cfg.Args = append([]string{"--forward-ports"}, cfg.Args...)
+	// from the host's port proxy, and the sandbox's cgroup is envd's to
+	// divide; flags given to wrenn-init come later and can still turn
+	// either off.
+	cfg.Args = append([]string{"--forward-ports", "--user-cgroup"}, cfg.Args...)
 	if err := pid1.MountMissing(log, pid1.Mounts); err != nil {
 		// envd may still work (e.g. without /dev/shm); let it try.
 		log.Error("mount virtual filesystems", "error", err)

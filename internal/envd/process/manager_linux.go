@@ -212,6 +212,14 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 	m.wg.Add(1)
 	m.mu.Unlock()
 
+	// Until these two writes the child runs in envd's cgroup with envd's
+	// oom_score_adj: Go cannot apply either between fork and exec. A shell
+	// takes longer than that to start forking.
+	if m.opts.Cgroup != nil {
+		if err := m.opts.Cgroup.Add(p.PID); err != nil {
+			m.log.Debug("move process into the user cgroup", "pid", p.PID, "error", err)
+		}
+	}
 	if m.opts.OOMScoreAdj != nil {
 		adj := strconv.Itoa(*m.opts.OOMScoreAdj)
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", p.PID), []byte(adj), 0); err != nil {

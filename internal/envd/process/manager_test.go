@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -246,5 +248,58 @@ func TestChildOOMScoreAdj(t *testing.T) {
 	defer sub.Close()
 	if out, _ := drain(t, sub); string(out) != "100\n" {
 		t.Fatalf("child oom_score_adj = %q, want 100", out)
+	}
+}
+
+// recordingCgroup remembers which pids were added, failing when told to.
+type recordingCgroup struct {
+	mu   sync.Mutex
+	pids []int
+	err  error
+}
+
+func (c *recordingCgroup) Add(pid int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pids = append(c.pids, pid)
+	return c.err
+}
+
+func TestStartedProcessesJoinTheCgroup(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{name: "added"},
+		// A read-only cgroupfs (a runc sandbox) must not stop processes.
+		{name: "add fails", err: syscall.EROFS},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cg := &recordingCgroup{err: tt.err}
+			m := newManager(t, Options{Cgroup: cg})
+			pty := shell("exit 0")
+			pty.PTY = &Size{Cols: 80, Rows: 24}
+			var want []int
+			for _, spec := range []Spec{shell("exit 0"), pty} {
+				p, sub, err := m.Start(spec)
+				if err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+				want = append(want, p.PID)
+				_, end := drain(t, sub)
+				sub.Close()
+				if end.ExitCode != 0 {
+					t.Errorf("process %d exited %d, want 0", p.PID, end.ExitCode)
+				}
+			}
+			cg.mu.Lock()
+			defer cg.mu.Unlock()
+			if !slices.Equal(cg.pids, want) {
+				t.Errorf("cgroup got pids %v, want %v", cg.pids, want)
+			}
+		})
 	}
 }

@@ -105,4 +105,14 @@ type Options struct {
 	// OOMScoreAdj is written to each child's oom_score_adj so the kernel
 	// prefers a runaway command over envd. Nil leaves the inherited value.
 	OOMScoreAdj *int
+	// Cgroup, when set, receives every started process (commands and PTYs
+	// alike) right after it started, so user workloads can be accounted,
+	// limited and killed apart from envd. A failure is logged, not fatal:
+	// the process keeps running in envd's cgroup.
+	Cgroup Cgroup
+}
+
+// Cgroup is where started processes are moved; *cgroup.Group implements it.
+type Cgroup interface {
+	Add(pid int) error
 }
