@@ -88,6 +88,7 @@ func New(d Deps) *API {
 func (a *API) Routes(r chi.Router) {
 	r.Use(a.requestContext)
 	r.Get("/healthz", a.healthz)
+	r.Get("/openapi.yaml", serveOpenAPI)
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/hosts/register", a.registerHost)
 		r.Post("/hosts/heartbeat", a.heartbeat)
