@@ -14,7 +14,7 @@ import (
 func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	t.Parallel()
 	var doc struct {
-		OpenAPI string                               `yaml:"openapi"`
+		OpenAPI string                    `yaml:"openapi"`
 		Paths   map[string]map[string]any `yaml:"paths"`
 	}
 	if err := yaml.Unmarshal(OpenAPI, &doc); err != nil {
@@ -69,4 +69,3 @@ func TestOpenAPIServed(t *testing.T) {
 		t.Fatalf("%d %s", r.status, r.hdr.Get("Content-Type"))
 	}
 }
-
