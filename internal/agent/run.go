@@ -82,6 +82,9 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		// sandboxes that were re-adopted still deserve to be served.
 		log.Error("recover sandboxes", "err", err)
 	}
+	// After Recover: a template that re-adopted sandboxes use is mounted
+	// and must not be resized under them (EnsureSize refuses with ErrBusy).
+	growTemplates(ctx, images, filepath.Join(cfg.Dir, "images"), cfg.DefaultDiskMB<<20, log)
 
 	mux := http.NewServeMux()
 	path, handler := hostagentv1connect.NewHostAgentServiceHandler(&Service{m: mgr, runtimeName: rt.Name(), envdVersion: EnvdVersion})
@@ -162,7 +165,55 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 			log.Error("destroy sandboxes on exit", "err", derr)
 		}
 	}
+	shrinkMinimal(shutCtx, images, mgr, log)
 	return err
+}
+
+// minimalTemplate is the base image, shrunk on graceful shutdown so it is
+// stored and copied small and regrown at the next start.
+const minimalTemplate = "minimal"
+
+// growTemplates runs EnsureSize on every template image smaller than the
+// default root filesystem size. Failures are logged: a template left at its
+// old size still boots sandboxes.
+func growTemplates(ctx context.Context, store *image.Store, imagesDir string, size uint64, log *slog.Logger) {
+	entries, err := os.ReadDir(imagesDir)
+	if err != nil {
+		log.Warn("list templates to grow", "err", err)
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || !store.Exists(name) {
+			continue
+		}
+		fi, err := os.Stat(store.TemplatePath(name))
+		if err != nil || uint64(fi.Size()) >= size {
+			continue
+		}
+		switch err := store.EnsureSize(ctx, name, size); {
+		case errors.Is(err, image.ErrBusy):
+			log.Info("template in use by re-adopted sandboxes, not grown", "template", name)
+		case err != nil:
+			log.Warn("grow template", "template", name, "err", err)
+		}
+	}
+}
+
+// shrinkMinimal shrinks the minimal image when no sandbox of this agent uses
+// it any more (sandboxes kept across a restart keep it mounted).
+func shrinkMinimal(ctx context.Context, store *image.Store, mgr *Manager, log *slog.Logger) {
+	if !store.Exists(minimalTemplate) {
+		return
+	}
+	for _, s := range mgr.List() {
+		if s.Template == minimalTemplate {
+			return
+		}
+	}
+	if err := store.Shrink(ctx, minimalTemplate); err != nil && !errors.Is(err, image.ErrBusy) {
+		log.Warn("shrink template", "template", minimalTemplate, "err", err)
+	}
 }
 
 // registerWithRetry registers, retrying while the control plane is not

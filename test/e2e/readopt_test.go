@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -44,6 +46,12 @@ func TestAgentKilledAndRestartedReadoptsSandboxes(t *testing.T) {
 	s := startStack(t)
 	before := snapshotResources(t, s.dir)
 	ctx := context.Background()
+
+	// The agent grew the template to WRENN_DEFAULT_ROOTFS_SIZE at start.
+	template := filepath.Join(s.dir, "images", "minimal", "rootfs.ext4")
+	if size := fileSize(t, template); size < 1<<30 {
+		t.Errorf("template is %d bytes after agent start, want at least 1 GiB", size)
+	}
 
 	running, paused := s.createRunning(), s.createRunning()
 	for _, id := range []string{running, paused} {
@@ -89,4 +97,19 @@ func TestAgentKilledAndRestartedReadoptsSandboxes(t *testing.T) {
 		s.waitStatus(id, "stopped", time.Minute)
 	}
 	assertNoLeaks(t, before, settledResources(t, s.dir, running, paused), running, paused)
+
+	// A graceful stop with no sandbox left shrinks the minimal image.
+	s.agent.stop(t)
+	if size := fileSize(t, template); size >= 1<<30 {
+		t.Errorf("template is %d bytes after a graceful stop, want it shrunk", size)
+	}
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }
