@@ -46,15 +46,29 @@ SELECT h.*,
 FROM hosts h
 ORDER BY h.created_at, h.id;
 
--- name: PickHost :one
--- Least-loaded online host with a recent heartbeat; ties go to the oldest id
--- so placement is deterministic.
-SELECT h.*,
-       (SELECT count(*) FROM sandboxes s WHERE s.host_id = h.id AND s.status <> 'stopped')::bigint AS active_sandboxes
-FROM hosts h
-WHERE h.status = 'online' AND h.last_heartbeat_at > sqlc.arg(heartbeat_after)::timestamptz
-ORDER BY active_sandboxes, h.id
-LIMIT 1;
+-- name: LockPlaceableHosts :many
+-- Online hosts with a recent heartbeat, locked (in id order, so concurrent
+-- placements cannot deadlock) until the placing transaction ends: two
+-- creates cannot both take a host's last room.
+SELECT * FROM hosts
+WHERE status = 'online' AND last_heartbeat_at > sqlc.arg(heartbeat_after)::timestamptz
+ORDER BY id
+FOR UPDATE;
+
+-- name: HostUsage :many
+-- What each host's sandboxes take, split by paused or not (paused ones count
+-- partly). Stopped and errored sandboxes hold nothing; disk_mb 0 means the
+-- host's default size, counted by the caller.
+SELECT host_id,
+       (status = 'paused')::boolean AS paused,
+       count(*)::bigint AS sandboxes,
+       coalesce(sum(vcpus), 0)::bigint AS vcpus,
+       coalesce(sum(memory_mb), 0)::bigint AS memory_mb,
+       coalesce(sum(disk_mb), 0)::bigint AS disk_mb,
+       count(*) FILTER (WHERE disk_mb = 0)::bigint AS default_disks
+FROM sandboxes
+WHERE host_id = ANY(sqlc.arg(host_ids)::text[]) AND status NOT IN ('stopped', 'error')
+GROUP BY host_id, (status = 'paused');
 
 -- name: GetHostByTokenHash :one
 SELECT * FROM hosts WHERE token_hash = $1;

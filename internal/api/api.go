@@ -19,6 +19,7 @@ import (
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/scheduler"
 )
 
 // Deps are what the API needs, built by cpserver (or a test).
@@ -40,13 +41,21 @@ type Deps struct {
 	// StreamKeepalive is how often an idle event stream gets a comment;
 	// 0 means 15 s.
 	StreamKeepalive time.Duration
+	// Placement is the admission policy; nil means
+	// scheduler.DefaultPolicy.
+	Placement *scheduler.Policy
+	// DefaultDiskMB is what a sandbox created with disk_mb 0 (the host's
+	// default size) counts against its host's disk until the host reports
+	// the real size; 0 means 1024.
+	DefaultDiskMB int64
 }
 
 // API serves the REST API and owns the background work it starts.
 type API struct {
-	d   Deps
-	q   *db.Queries
-	log *slog.Logger
+	d      Deps
+	q      *db.Queries
+	log    *slog.Logger
+	policy scheduler.Policy
 
 	// Background work runs under base, detached from requests; Wait waits
 	// for it and, past its deadline, cancels base.
@@ -75,12 +84,19 @@ func New(d Deps) *API {
 	if d.Health == nil {
 		d.Health = func(ctx context.Context) error { return d.DB.Ping(ctx) }
 	}
+	policy := scheduler.DefaultPolicy
+	if d.Placement != nil {
+		policy = *d.Placement
+	}
+	if d.DefaultDiskMB == 0 {
+		d.DefaultDiskMB = 1024
+	}
 	if d.StreamKeepalive == 0 {
 		d.StreamKeepalive = 15 * time.Second
 	}
 	base, cancel := context.WithCancel(context.Background())
 	streams, streamsCancel := context.WithCancel(context.Background())
-	return &API{d: d, q: db.New(d.DB), log: d.Logger, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel}
+	return &API{d: d, q: db.New(d.DB), log: d.Logger, policy: policy, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel}
 }
 
 // Routes mounts every route of the API on r, with request ids, access logs

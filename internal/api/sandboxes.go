@@ -110,19 +110,9 @@ func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, invalid("template", "unknown template %q", req.Template))
 		return
 	}
-	host, err := a.q.PickHost(ctx, a.d.Now().Add(-heartbeatWindow))
-	if isNoRows(err) {
-		a.fail(w, r, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "no host is online to run the sandbox; try again shortly or ask an administrator to add a host"})
-		return
-	}
-	if err != nil {
-		a.fail(w, r, fmt.Errorf("pick host: %w", err))
-		return
-	}
-	sb, err := a.q.InsertSandbox(ctx, db.InsertSandboxParams{
+	sb, host, err := a.placeAndInsert(ctx, db.InsertSandboxParams{
 		ID:         id.New(id.Sandbox),
 		TeamID:     p.TeamID,
-		HostID:     host.ID,
 		Template:   req.Template,
 		Vcpus:      int32(orDefault(req.VCPUs, 1)),
 		MemoryMb:   int32(orDefault(req.MemoryMB, 512)),
@@ -130,7 +120,7 @@ func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
 		TimeoutSec: int32(orDefault(req.TimeoutSec, 300)),
 	})
 	if err != nil {
-		a.fail(w, r, fmt.Errorf("insert sandbox: %w", err))
+		a.fail(w, r, err)
 		return
 	}
 	actor := "api:" + p.KeyID

@@ -31,6 +31,7 @@ import (
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/scheduler"
 )
 
 // Option configures Run.
@@ -49,7 +50,12 @@ type options struct {
 	drain      time.Duration
 	background time.Duration
 	claimIdle  time.Duration
+	placement  *scheduler.Policy
 }
+
+// WithPlacement replaces the scheduler's admission policy (default
+// scheduler.DefaultPolicy: memory and disk hard, CPU overcommitted 1.5×).
+func WithPlacement(p scheduler.Policy) Option { return func(o *options) { o.placement = &p } }
 
 // WithEventClaimIdle sets how long an event stays pending with a dead or
 // failing consumer before this replica claims it (default 60 s).
@@ -165,7 +171,7 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	streamRedis := redis.NewClient(&sopts)
 	defer streamRedis.Close()
 	a := api.New(api.Deps{
-		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis,
+		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: o.placement,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("postgres: %w", err)

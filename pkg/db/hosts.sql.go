@@ -139,6 +139,60 @@ func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (s
 	return id, err
 }
 
+const hostUsage = `-- name: HostUsage :many
+SELECT host_id,
+       (status = 'paused')::boolean AS paused,
+       count(*)::bigint AS sandboxes,
+       coalesce(sum(vcpus), 0)::bigint AS vcpus,
+       coalesce(sum(memory_mb), 0)::bigint AS memory_mb,
+       coalesce(sum(disk_mb), 0)::bigint AS disk_mb,
+       count(*) FILTER (WHERE disk_mb = 0)::bigint AS default_disks
+FROM sandboxes
+WHERE host_id = ANY($1::text[]) AND status NOT IN ('stopped', 'error')
+GROUP BY host_id, (status = 'paused')
+`
+
+type HostUsageRow struct {
+	HostID       string
+	Paused       bool
+	Sandboxes    int64
+	Vcpus        int64
+	MemoryMb     int64
+	DiskMb       int64
+	DefaultDisks int64
+}
+
+// What each host's sandboxes take, split by paused or not (paused ones count
+// partly). Stopped and errored sandboxes hold nothing; disk_mb 0 means the
+// host's default size, counted by the caller.
+func (q *Queries) HostUsage(ctx context.Context, hostIds []string) ([]HostUsageRow, error) {
+	rows, err := q.db.Query(ctx, hostUsage, hostIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []HostUsageRow{}
+	for rows.Next() {
+		var i HostUsageRow
+		if err := rows.Scan(
+			&i.HostID,
+			&i.Paused,
+			&i.Sandboxes,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.DefaultDisks,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listHostsByStatus = `-- name: ListHostsByStatus :many
 SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts WHERE status = $1 ORDER BY id
 `
@@ -236,6 +290,50 @@ func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCount
 	return items, nil
 }
 
+const lockPlaceableHosts = `-- name: LockPlaceableHosts :many
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts
+WHERE status = 'online' AND last_heartbeat_at > $1::timestamptz
+ORDER BY id
+FOR UPDATE
+`
+
+// Online hosts with a recent heartbeat, locked (in id order, so concurrent
+// placements cannot deadlock) until the placing transaction ends: two
+// creates cannot both take a host's last room.
+func (q *Queries) LockPlaceableHosts(ctx context.Context, heartbeatAfter time.Time) ([]Host, error) {
+	rows, err := q.db.Query(ctx, lockPlaceableHosts, heartbeatAfter)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Host{}
+	for rows.Next() {
+		var i Host
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Address,
+			&i.Runtime,
+			&i.Status,
+			&i.Vcpus,
+			&i.MemoryMb,
+			&i.DiskMb,
+			&i.RegistrationTokenHash,
+			&i.RegistrationExpiresAt,
+			&i.TokenHash,
+			&i.LastHeartbeatAt,
+			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const markHostsUnreachable = `-- name: MarkHostsUnreachable :many
 UPDATE hosts SET status = 'unreachable'
 WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1::timestamptz)
@@ -261,56 +359,6 @@ func (q *Queries) MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([
 		return nil, err
 	}
 	return items, nil
-}
-
-const pickHost = `-- name: PickHost :one
-SELECT h.id, h.name, h.address, h.runtime, h.status, h.vcpus, h.memory_mb, h.disk_mb, h.registration_token_hash, h.registration_expires_at, h.token_hash, h.last_heartbeat_at, h.created_at,
-       (SELECT count(*) FROM sandboxes s WHERE s.host_id = h.id AND s.status <> 'stopped')::bigint AS active_sandboxes
-FROM hosts h
-WHERE h.status = 'online' AND h.last_heartbeat_at > $1::timestamptz
-ORDER BY active_sandboxes, h.id
-LIMIT 1
-`
-
-type PickHostRow struct {
-	ID                    string
-	Name                  string
-	Address               string
-	Runtime               string
-	Status                string
-	Vcpus                 int32
-	MemoryMb              int64
-	DiskMb                int64
-	RegistrationTokenHash *string
-	RegistrationExpiresAt *time.Time
-	TokenHash             *string
-	LastHeartbeatAt       *time.Time
-	CreatedAt             time.Time
-	ActiveSandboxes       int64
-}
-
-// Least-loaded online host with a recent heartbeat; ties go to the oldest id
-// so placement is deterministic.
-func (q *Queries) PickHost(ctx context.Context, heartbeatAfter time.Time) (PickHostRow, error) {
-	row := q.db.QueryRow(ctx, pickHost, heartbeatAfter)
-	var i PickHostRow
-	err := row.Scan(
-		&i.ID,
-		&i.Name,
-		&i.Address,
-		&i.Runtime,
-		&i.Status,
-		&i.Vcpus,
-		&i.MemoryMb,
-		&i.DiskMb,
-		&i.RegistrationTokenHash,
-		&i.RegistrationExpiresAt,
-		&i.TokenHash,
-		&i.LastHeartbeatAt,
-		&i.CreatedAt,
-		&i.ActiveSandboxes,
-	)
-	return i, err
 }
 
 const recordHostSandboxEvent = `-- name: RecordHostSandboxEvent :execrows

@@ -28,6 +28,10 @@ type Querier interface {
 	// For agent callbacks: a sandbox of another host is "not found".
 	GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostParams) (Sandbox, error)
 	HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (string, error)
+	// What each host's sandboxes take, split by paused or not (paused ones count
+	// partly). Stopped and errored sandboxes hold nothing; disk_mb 0 means the
+	// host's default size, counted by the caller.
+	HostUsage(ctx context.Context, hostIds []string) ([]HostUsageRow, error)
 	// Sandboxes. Status changes only through the *If queries below: each is a
 	// compare-and-set on the expected status, so a writer that lost a race
 	// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
@@ -38,11 +42,12 @@ type Querier interface {
 	// Everything the monitor reconciles on one host: every sandbox not stopped.
 	ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error)
 	ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error)
+	// Online hosts with a recent heartbeat, locked (in id order, so concurrent
+	// placements cannot deadlock) until the placing transaction ends: two
+	// creates cannot both take a host's last room.
+	LockPlaceableHosts(ctx context.Context, heartbeatAfter time.Time) ([]Host, error)
 	// Online hosts whose last heartbeat is older than the cutoff.
 	MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([]string, error)
-	// Least-loaded online host with a recent heartbeat; ties go to the oldest id
-	// so placement is deterministic.
-	PickHost(ctx context.Context, heartbeatAfter time.Time) (PickHostRow, error)
 	// Zero rows: the event was applied before (a retried callback).
 	RecordHostSandboxEvent(ctx context.Context, arg RecordHostSandboxEventParams) (int64, error)
 	// Single use by construction: the token hash is cleared in the same
