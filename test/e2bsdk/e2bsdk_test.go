@@ -30,7 +30,7 @@ import (
 const testTimeout = 2 * time.Minute
 
 // need skips t, or fails it in CI, when something the test needs is missing.
-func need(t *testing.T, what string, ok bool) {
+func need(t testing.TB, what string, ok bool) {
 	t.Helper()
 	if ok {
 		return
@@ -60,7 +60,7 @@ func TestE2BSDK(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pick a port for envd: %v", err)
 	}
-	stopEnvd := startEnvd(ctx, t, envdBin, port)
+	_, stopEnvd := startEnvd(ctx, t, envdBin, port)
 
 	scratch := filepath.Join(work, "scratch")
 	if err := os.Mkdir(scratch, 0o755); err != nil {
@@ -87,7 +87,7 @@ func TestE2BSDK(t *testing.T) {
 }
 
 // buildEnvd builds cmd/envd into dir the way the Makefile does (static).
-func buildEnvd(ctx context.Context, t *testing.T, dir string) string {
+func buildEnvd(ctx context.Context, t testing.TB, dir string) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -104,7 +104,7 @@ func buildEnvd(ctx context.Context, t *testing.T, dir string) string {
 
 // installSDK runs npm ci from the committed lock file in dir and copies the
 // harness beside node_modules, so its imports resolve there.
-func installSDK(ctx context.Context, t *testing.T, npm, dir string) string {
+func installSDK(ctx context.Context, t testing.TB, npm, dir string) string {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatalf("create %s: %v", dir, err)
@@ -129,7 +129,7 @@ func installSDK(ctx context.Context, t *testing.T, npm, dir string) string {
 // addUser creates a throwaway login user with a home, so the harness can run
 // commands and write files as someone other than root, and deletes it (and
 // its home) when the test ends.
-func addUser(t *testing.T) string {
+func addUser(t testing.TB) string {
 	t.Helper()
 	if _, err := exec.LookPath("useradd"); err != nil {
 		need(t, "useradd is not installed (package passwd)", false)
@@ -153,10 +153,10 @@ func addUser(t *testing.T) string {
 	return name
 }
 
-// startEnvd starts envd on port and waits for /health. The returned function
-// sends SIGTERM and waits for it to exit; a cleanup kills it if the test
-// ended first.
-func startEnvd(ctx context.Context, t *testing.T, bin string, port int) func() error {
+// startEnvd starts envd on port and waits for /health. It returns envd's
+// pid and a function that sends SIGTERM and waits for envd to exit; a
+// cleanup does that if the test ended first.
+func startEnvd(ctx context.Context, t testing.TB, bin string, port int) (int, func() error) {
 	t.Helper()
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--log-level", "debug")
@@ -200,7 +200,7 @@ func startEnvd(ctx context.Context, t *testing.T, bin string, port int) func() e
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusNoContent {
-				return stop
+				return cmd.Process.Pid, stop
 			}
 		}
 		select {

@@ -24,7 +24,7 @@ type testEnvd struct {
 	url string
 }
 
-func startEnvd(t *testing.T, opts Options) *testEnvd {
+func startEnvd(t testing.TB, opts Options) *testEnvd {
 	t.Helper()
 	if opts.ShutdownTimeout == 0 {
 		opts.ShutdownTimeout = 5 * time.Second
