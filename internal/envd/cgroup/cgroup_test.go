@@ -178,3 +178,19 @@ func TestGroupOnRealCgroups(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseProcCgroup(f *testing.F) {
+	f.Add("4:memory:/a/b\n1:cpu,cpuacct:/\n0::/\n", false)
+	f.Add("0::/x\n", true)
+	f.Fuzz(func(t *testing.T, s string, v2 bool) {
+		l, err := ParseProcCgroup(strings.NewReader(s), "/sys/fs/cgroup", v2)
+		if err != nil {
+			return
+		}
+		for ctrl, p := range l.Paths {
+			if !strings.HasPrefix(p, "/") || strings.Contains(p+"/", "/../") {
+				t.Fatalf("%q: path %q for %q is not absolute and clean", s, p, ctrl)
+			}
+		}
+	})
+}
