@@ -1,7 +1,9 @@
 -- Sandboxes. Status changes only through the *If queries below: each is a
 -- compare-and-set on the expected status, so a writer that lost a race
 -- changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
--- by team_id.
+-- by team_id. seen_at, when set, also requires the row to be unchanged
+-- since it was read (updated_at), for writers like the host monitor whose
+-- decision rests on a read that an A-B-A round trip could make stale.
 
 -- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec)
@@ -18,6 +20,7 @@ SELECT * FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC;
 UPDATE sandboxes
 SET status = sqlc.arg(status), updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
+  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
 RETURNING *;
 
 -- name: UpdateSandboxRunningIf :one
@@ -31,18 +34,21 @@ SET status = 'running',
     error = '',
     updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
+  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
 RETURNING *;
 
 -- name: UpdateSandboxErrorIf :one
 UPDATE sandboxes
 SET status = 'error', error = sqlc.arg(error), updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
+  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
 RETURNING *;
 
 -- name: UpdateSandboxStoppedIf :one
 UPDATE sandboxes
 SET status = 'stopped', stopped_at = sqlc.arg(stopped_at), updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
+  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
 RETURNING *;
 
 -- name: UpdateSandboxMissingIf :one
@@ -50,6 +56,7 @@ RETURNING *;
 UPDATE sandboxes
 SET status = 'missing', missing_from = sqlc.arg(expected)::text, updated_at = now()
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
+  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
 RETURNING *;
 
 -- name: UpdateSandboxTimeout :one

@@ -174,19 +174,30 @@ func (a *API) applyTransition(ctx context.Context, e events.Event) (bool, error)
 // recorded it or something newer happened). The API, the event consumer,
 // agent callbacks and the host monitor all write through it.
 func ApplyTransition(ctx context.Context, q *db.Queries, e events.Event) (bool, error) {
+	return ApplyTransitionSeen(ctx, q, e, nil)
+}
+
+// ApplyTransitionSeen is ApplyTransition that, with seenAt set, also
+// requires the row's updated_at to still be seenAt: the writer's decision
+// rested on that read, and a round trip through other statuses (running →
+// pausing → paused → resuming → running) since then would make it wrong even
+// though the status compares equal.
+func ApplyTransitionSeen(ctx context.Context, q *db.Queries, e events.Event, seenAt *time.Time) (bool, error) {
 	var err error
 	switch {
 	case e.To == lifecycle.Running && e.Running != nil:
-		_, err = q.UpdateSandboxRunningIf(ctx, runningParams(e.SandboxID, e.TeamID, e.From, e.Running))
+		p := runningParams(e.SandboxID, e.TeamID, e.From, e.Running)
+		p.SeenAt = seenAt
+		_, err = q.UpdateSandboxRunningIf(ctx, p)
 	case e.To == lifecycle.Error:
-		_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Error: e.Error})
+		_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Error: e.Error, SeenAt: seenAt})
 	case e.To == lifecycle.Stopped:
 		t := e.Time
-		_, err = q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), StoppedAt: &t})
+		_, err = q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), StoppedAt: &t, SeenAt: seenAt})
 	case e.To == lifecycle.Missing:
-		_, err = q.UpdateSandboxMissingIf(ctx, db.UpdateSandboxMissingIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From)})
+		_, err = q.UpdateSandboxMissingIf(ctx, db.UpdateSandboxMissingIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), SeenAt: seenAt})
 	default:
-		_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Status: string(e.To)})
+		_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Status: string(e.To), SeenAt: seenAt})
 	}
 	if isNoRows(err) {
 		return false, nil

@@ -170,8 +170,9 @@ func (m *Monitor) markMissing(ctx context.Context, h db.Host) error {
 func (m *Monitor) reconcile(ctx context.Context, h db.Host, now time.Time) error {
 	log := m.log.With("host_id", h.ID)
 	// Rows first, then the host: a row that changes after it was read fails
-	// its compare-and-set, whereas a host list older than the rows could
-	// undo a transition that finished in between.
+	// its compare-and-set (on status and updated_at, so even a round trip
+	// back to the same status counts), whereas a host list older than the
+	// rows could undo a transition that finished in between.
 	rows, err := m.q.ListLiveSandboxesOnHost(ctx, h.ID)
 	if err != nil {
 		return fmt.Errorf("list sandboxes of host %s: %w", h.ID, err)
@@ -303,7 +304,10 @@ func (m *Monitor) move(ctx context.Context, sb db.Sandbox, to lifecycle.Status, 
 			log.Warn("publish lifecycle event", "err", err, "from", from, "to", to)
 		}
 	}
-	moved, err := api.ApplyTransition(ctx, m.q, e)
+	// The row must be as the monitor read it: its decision rests on that
+	// read and on a host list taken after it.
+	seen := sb.UpdatedAt
+	moved, err := api.ApplyTransitionSeen(ctx, m.q, e, &seen)
 	if err != nil {
 		return err
 	}

@@ -273,3 +273,26 @@ func TestPassIsExclusive(t *testing.T) {
 		t.Fatalf("after release: ran=%v err=%v", ran, err)
 	}
 }
+
+// A row that went round to the same status after the monitor read it (an
+// A-B-A: paused, resumed) is left alone: the monitor's decision rested on a
+// read that is stale even though the status compares equal.
+func TestStaleReadIsNotApplied(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	hostID, _ := e.host("h")
+	sid := e.sandbox(hostID, "running", "paused")
+	e.fake.OnList = func(ctx context.Context) error {
+		_, err := e.pool.Exec(ctx, "UPDATE sandboxes SET updated_at = now() WHERE id = $1", sid)
+		return err
+	}
+	e.pass()
+	if got := e.row(sid).Status; got != "running" {
+		t.Fatalf("stale decision applied: %s", got)
+	}
+	e.fake.OnList = nil
+	e.pass()
+	if got := e.row(sid).Status; got != "paused" {
+		t.Fatalf("fresh decision not applied: %s", got)
+	}
+}

@@ -35,7 +35,9 @@ type Querier interface {
 	// Sandboxes. Status changes only through the *If queries below: each is a
 	// compare-and-set on the expected status, so a writer that lost a race
 	// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
-	// by team_id.
+	// by team_id. seen_at, when set, also requires the row to be unchanged
+	// since it was read (updated_at), for writers like the host monitor whose
+	// decision rests on a read that an A-B-A round trip could make stale.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
 	ListHostsByStatus(ctx context.Context, status string) ([]Host, error)
 	ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCountsRow, error)

@@ -102,7 +102,9 @@ type InsertSandboxParams struct {
 // Sandboxes. Status changes only through the *If queries below: each is a
 // compare-and-set on the expected status, so a writer that lost a race
 // changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
-// by team_id.
+// by team_id. seen_at, when set, also requires the row to be unchanged
+// since it was read (updated_at), for writers like the host monitor whose
+// decision rests on a read that an A-B-A round trip could make stale.
 func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, insertSandbox,
 		arg.ID,
@@ -229,6 +231,7 @@ const updateSandboxErrorIf = `-- name: UpdateSandboxErrorIf :one
 UPDATE sandboxes
 SET status = 'error', error = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
+  AND ($5::timestamptz IS NULL OR updated_at = $5::timestamptz)
 RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
@@ -237,6 +240,7 @@ type UpdateSandboxErrorIfParams struct {
 	ID       string
 	TeamID   string
 	Expected string
+	SeenAt   *time.Time
 }
 
 func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErrorIfParams) (Sandbox, error) {
@@ -245,6 +249,7 @@ func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErr
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
+		arg.SeenAt,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -274,6 +279,7 @@ const updateSandboxMissingIf = `-- name: UpdateSandboxMissingIf :one
 UPDATE sandboxes
 SET status = 'missing', missing_from = $1::text, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $1
+  AND ($4::timestamptz IS NULL OR updated_at = $4::timestamptz)
 RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
@@ -281,11 +287,17 @@ type UpdateSandboxMissingIfParams struct {
 	Expected string
 	ID       string
 	TeamID   string
+	SeenAt   *time.Time
 }
 
 // The host stopped answering: remember what the sandbox was.
 func (q *Queries) UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxMissingIfParams) (Sandbox, error) {
-	row := q.db.QueryRow(ctx, updateSandboxMissingIf, arg.Expected, arg.ID, arg.TeamID)
+	row := q.db.QueryRow(ctx, updateSandboxMissingIf,
+		arg.Expected,
+		arg.ID,
+		arg.TeamID,
+		arg.SeenAt,
+	)
 	var i Sandbox
 	err := row.Scan(
 		&i.ID,
@@ -321,6 +333,7 @@ SET status = 'running',
     error = '',
     updated_at = now()
 WHERE id = $6 AND team_id = $7 AND status = $8
+  AND ($9::timestamptz IS NULL OR updated_at = $9::timestamptz)
 RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
@@ -333,6 +346,7 @@ type UpdateSandboxRunningIfParams struct {
 	ID          string
 	TeamID      string
 	Expected    string
+	SeenAt      *time.Time
 }
 
 func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxRunningIfParams) (Sandbox, error) {
@@ -345,6 +359,7 @@ func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxR
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
+		arg.SeenAt,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -374,6 +389,7 @@ const updateSandboxStatusIf = `-- name: UpdateSandboxStatusIf :one
 UPDATE sandboxes
 SET status = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
+  AND ($5::timestamptz IS NULL OR updated_at = $5::timestamptz)
 RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
@@ -382,6 +398,7 @@ type UpdateSandboxStatusIfParams struct {
 	ID       string
 	TeamID   string
 	Expected string
+	SeenAt   *time.Time
 }
 
 func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxStatusIfParams) (Sandbox, error) {
@@ -390,6 +407,7 @@ func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxSt
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
+		arg.SeenAt,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -419,6 +437,7 @@ const updateSandboxStoppedIf = `-- name: UpdateSandboxStoppedIf :one
 UPDATE sandboxes
 SET status = 'stopped', stopped_at = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status = $4
+  AND ($5::timestamptz IS NULL OR updated_at = $5::timestamptz)
 RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
 `
 
@@ -427,6 +446,7 @@ type UpdateSandboxStoppedIfParams struct {
 	ID        string
 	TeamID    string
 	Expected  string
+	SeenAt    *time.Time
 }
 
 func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxStoppedIfParams) (Sandbox, error) {
@@ -435,6 +455,7 @@ func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxS
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
+		arg.SeenAt,
 	)
 	var i Sandbox
 	err := row.Scan(
