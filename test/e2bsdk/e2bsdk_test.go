@@ -42,6 +42,9 @@ func need(t testing.TB, what string, ok bool) {
 }
 
 func TestE2BSDK(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping: installs the e2b package from the npm registry (not in -short)")
+	}
 	node, nodeErr := exec.LookPath("node")
 	npm, npmErr := exec.LookPath("npm")
 	need(t, "node is not installed (apt-get install nodejs npm)", nodeErr == nil)
