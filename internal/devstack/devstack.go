@@ -177,6 +177,12 @@ func Run(ctx context.Context, o Options) (err error) {
 		"LOG_LEVEL":               cfg.LogLevel,
 		"WRENN_BOOTSTRAP_API_KEY": creds.APIKey,
 	})
+	if !hasEnv(cpEnv, "WRENN_CPU_OVERCOMMIT") {
+		// A development machine runs many small, mostly idle sandboxes on
+		// few cores; the production default (1.5 vCPUs per core) would stop
+		// a 2-core laptop at three. An explicit setting wins.
+		cpEnv = append(cpEnv, "WRENN_CPU_OVERCOMMIT="+devCPUOvercommit)
+	}
 	say("starting the control plane on %s", cfg.APIListen)
 	cp, err := startChild("control plane", filepath.Join(o.BinDir, "wrenn-cp"), cpEnv, newPrefixWriter(con, "[cp]", 40), stopGrace)
 	if err != nil {
@@ -254,6 +260,9 @@ func Run(ctx context.Context, o Options) (err error) {
 
 // mergeEnv returns base with the given keys set; an empty value removes the
 // key, so a stray variable in the user's shell cannot leak into a daemon.
+// devCPUOvercommit is the local stack's vCPUs per host core.
+const devCPUOvercommit = "16"
+
 func mergeEnv(base []string, set map[string]string) []string {
 	out := make([]string, 0, len(base)+len(set))
 	for _, kv := range base {

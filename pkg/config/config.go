@@ -108,6 +108,10 @@ type ControlPlane struct {
 	BootstrapAPIKey string
 	// BootstrapAdminEmail names that admin (WRENN_BOOTSTRAP_ADMIN_EMAIL).
 	BootstrapAdminEmail string
+	// CPUOvercommit is how many vCPUs the scheduler places per host core
+	// (WRENN_CPU_OVERCOMMIT, default 1.5). A sandbox's vCPUs are a CPU quota,
+	// not a reservation, so hosts of mostly idle sandboxes can take more.
+	CPUOvercommit float64
 }
 
 // LoadControlPlane reads and validates the control plane's configuration.
@@ -124,6 +128,12 @@ func LoadControlPlane(env Lookup) (ControlPlane, error) {
 	c.PublicURL = str(env, "WRENN_PUBLIC_URL", "http://"+c.Listen)
 	checkDir(&p, "WRENN_DIR", c.Dir)
 	checkListen(&p, "WRENN_CP_LISTEN", c.Listen)
+	oc := str(env, "WRENN_CPU_OVERCOMMIT", "1.5")
+	if f, err := strconv.ParseFloat(oc, 64); err != nil || f < 1 || f > 100 {
+		p.addf("WRENN_CPU_OVERCOMMIT %q must be a number from 1 to 100 (vCPUs placed per host core)", oc)
+	} else {
+		c.CPUOvercommit = f
+	}
 	checkURL(&p, "WRENN_PUBLIC_URL", c.PublicURL, "http", "https")
 	if c.DatabaseURL == "" {
 		p.addf("DATABASE_URL is required (for example postgres://wrenn:secret@127.0.0.1:5432/wrenn)")

@@ -54,7 +54,7 @@ type options struct {
 }
 
 // WithPlacement replaces the scheduler's admission policy (default
-// scheduler.DefaultPolicy: memory and disk hard, CPU overcommitted 1.5×).
+// scheduler.DefaultPolicy with the configured WRENN_CPU_OVERCOMMIT).
 func WithPlacement(p scheduler.Policy) Option { return func(o *options) { o.placement = &p } }
 
 // WithEventClaimIdle sets how long an event stays pending with a dead or
@@ -170,8 +170,14 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	sopts.ReadTimeout = 30 * time.Second
 	streamRedis := redis.NewClient(&sopts)
 	defer streamRedis.Close()
+	placement := o.placement
+	if placement == nil {
+		pol := scheduler.DefaultPolicy
+		pol.CPUOvercommit = cfg.CPUOvercommit
+		placement = &pol
+	}
 	a := api.New(api.Deps{
-		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: o.placement,
+		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("postgres: %w", err)

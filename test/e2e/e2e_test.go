@@ -77,6 +77,32 @@ func TestSandboxLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("pause and resume keep memory and files", func(t *testing.T) {
+		var res execResult
+		// A background counter shows that processes stop while paused and
+		// go on from where they were.
+		s.mustDo(http.MethodPost, "/v1/sandboxes/"+created.ID+"/exec",
+			map[string]any{"cmd": "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/n; sleep 0.05; done' >/dev/null 2>&1 &"}, http.StatusOK, &res)
+		s.mustDo(http.MethodPost, "/v1/sandboxes/"+created.ID+"/pause", nil, http.StatusAccepted, nil)
+		s.waitStatus(created.ID, "paused", 30*time.Second)
+
+		var e struct {
+			Error struct{ Code string } `json:"error"`
+		}
+		code, err := s.do(http.MethodPost, "/v1/sandboxes/"+created.ID+"/exec", map[string]any{"cmd": "true"}, &e)
+		if err != nil || code != http.StatusConflict || e.Error.Code != "conflict" {
+			t.Errorf("exec on a paused sandbox: status %d %+v %v, want 409 conflict", code, e, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+
+		s.mustDo(http.MethodPost, "/v1/sandboxes/"+created.ID+"/resume", nil, http.StatusAccepted, nil)
+		s.waitStatus(created.ID, "running", 30*time.Second)
+		s.mustDo(http.MethodPost, "/v1/sandboxes/"+created.ID+"/exec", map[string]any{"cmd": "cat /root/f; a=$(cat /root/n); sleep 0.3; b=$(cat /root/n); [ \"$b\" -gt \"$a\" ] && echo counting"}, http.StatusOK, &res)
+		if res.Stdout != "kept\ncounting\n" {
+			t.Errorf("after resume: %+v, want the file and a counter that still runs", res)
+		}
+	})
+
 	t.Run("bad input", func(t *testing.T) {
 		other := id.New(id.Sandbox)
 		tests := []struct {
