@@ -71,6 +71,26 @@ if ((${#missing[@]} > 0)); then
 	log "installed ${#missing[@]} package(s)"
 fi
 
+# Node.js drives the E2B SDK compatibility test (test/e2bsdk): the e2b
+# package needs Node >= 20.18.1. Debian 12's own nodejs is 18; where the apt
+# sources carry a newer one (NodeSource's node_20.x, say) it is installed
+# from there. Only that test needs it, so an old Node is a warning here and a
+# failure of that test under CI=true.
+node_min=20.18.1
+node_ok() {
+	command -v node >/dev/null 2>&1 || return 1
+	local v
+	v=$(node --version 2>/dev/null)
+	v=${v#v}
+	[[ $(printf '%s\n%s\n' "$node_min" "$v" | sort -V | head -n1) == "$node_min" ]]
+}
+if ! node_ok && [[ $(id -u) -eq 0 ]]; then
+	log "installing nodejs (need >= $node_min for the E2B SDK test)"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs >/dev/null ||
+		log "warning: apt-get install nodejs failed"
+fi
+node_ok || log "warning: Node.js >= $node_min with npm is missing: the E2B SDK test (test/e2bsdk) will not run"
+
 # Go is not taken from Debian (too old); it is expected in /usr/local/go.
 export PATH="/usr/local/go/bin:$PATH"
 if ! command -v go >/dev/null 2>&1; then
