@@ -20,6 +20,20 @@ type ApiKey struct {
 	RevokedAt  *time.Time
 }
 
+type AuditLog struct {
+	ID           int64
+	TeamID       *string
+	ActorUserID  *string
+	ActorKeyID   *string
+	Action       string
+	ResourceType string
+	ResourceID   string
+	RequestID    string
+	Outcome      string
+	Status       int32
+	CreatedAt    time.Time
+}
+
 type Host struct {
 	ID                    string
 	Name                  string
@@ -64,6 +78,17 @@ type Sandbox struct {
 	MissingFrom *string
 }
 
+type Session struct {
+	ID         string
+	UserID     string
+	TeamID     string
+	TokenHash  string
+	CsrfHash   string
+	CreatedAt  time.Time
+	LastSeenAt time.Time
+	ExpiresAt  time.Time
+}
+
 type Team struct {
 	ID        string
 	Name      string
@@ -90,4 +115,5 @@ type User struct {
 	IsAdmin      bool
 	PasswordHash *string
 	CreatedAt    time.Time
+	Name         string
 }

@@ -12,26 +12,47 @@ import (
 type Querier interface {
 	APIKeyHashExists(ctx context.Context, keyHash string) (bool, error)
 	AddTeamMember(ctx context.Context, arg AddTeamMemberParams) error
+	CountOwners(ctx context.Context, teamID string) (int64, error)
 	// Teams, users, memberships and API keys.
 	CountUsers(ctx context.Context) (int64, error)
 	CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) error
 	// Hosts: creation by an admin, one-time registration, heartbeats, placement.
 	CreateHost(ctx context.Context, arg CreateHostParams) (Host, error)
+	CreateSession(ctx context.Context, arg CreateSessionParams) error
 	CreateTeam(ctx context.Context, arg CreateTeamParams) error
 	CreateUser(ctx context.Context, arg CreateUserParams) error
+	// Users, sessions, teams and memberships, API key management, the audit
+	// log. Every query that touches a team's data filters by team_id.
+	CreateUserWithPassword(ctx context.Context, arg CreateUserWithPasswordParams) (CreateUserWithPasswordRow, error)
+	DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, error)
+	DeleteSession(ctx context.Context, id string) error
+	DeleteUserSessions(ctx context.Context, userID string) (int64, error)
+	// Sliding expiry, written at most once a minute per session.
+	ExtendSession(ctx context.Context, arg ExtendSessionParams) error
+	// The team a session falls back to when its current one dropped the user:
+	// the personal team (the oldest membership).
+	FirstTeamOfUser(ctx context.Context, userID string) (string, error)
+	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (GetAPIKeyRow, error)
 	// The key's team must still count its user as a member: a removed member's
 	// keys stop working without a separate revoke.
 	GetAPIKeyByHash(ctx context.Context, keyHash string) (GetAPIKeyByHashRow, error)
 	GetHost(ctx context.Context, id string) (Host, error)
 	GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error)
+	GetMember(ctx context.Context, arg GetMemberParams) (GetMemberRow, error)
+	GetMembership(ctx context.Context, arg GetMembershipParams) (string, error)
 	GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox, error)
 	// For agent callbacks: a sandbox of another host is "not found".
 	GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostParams) (Sandbox, error)
+	GetSessionByHash(ctx context.Context, tokenHash string) (GetSessionByHashRow, error)
+	GetTeam(ctx context.Context, id string) (Team, error)
+	GetUser(ctx context.Context, id string) (GetUserRow, error)
+	GetUserByEmail(ctx context.Context, email string) (GetUserByEmailRow, error)
 	HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (string, error)
 	// What each host's sandboxes take, split by paused or not (paused ones count
 	// partly). Stopped and errored sandboxes hold nothing; disk_mb 0 means the
 	// host's default size, counted by the caller.
 	HostUsage(ctx context.Context, hostIds []string) ([]HostUsageRow, error)
+	InsertAudit(ctx context.Context, arg InsertAuditParams) error
 	// Sandboxes. Status changes only through the *If queries below: each is a
 	// compare-and-set on the expected status, so a writer that lost a race
 	// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
@@ -39,15 +60,25 @@ type Querier interface {
 	// since it was read (updated_at), for writers like the host monitor whose
 	// decision rests on a read that an A-B-A round trip could make stale.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	ListAPIKeys(ctx context.Context, teamID string) ([]ListAPIKeysRow, error)
+	ListAllTeams(ctx context.Context) ([]ListAllTeamsRow, error)
+	ListAllUsers(ctx context.Context) ([]ListAllUsersRow, error)
+	// Newest first; before is an exclusive cursor on id (0: from the newest).
+	ListAudit(ctx context.Context, arg ListAuditParams) ([]AuditLog, error)
 	ListHostsByStatus(ctx context.Context, status string) ([]Host, error)
 	ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCountsRow, error)
 	// Everything the monitor reconciles on one host: every sandbox not stopped.
 	ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error)
+	ListMembers(ctx context.Context, teamID string) ([]ListMembersRow, error)
 	ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error)
+	ListUserTeams(ctx context.Context, userID string) ([]ListUserTeamsRow, error)
 	// Online hosts with a recent heartbeat, locked (in id order, so concurrent
 	// placements cannot deadlock) until the placing transaction ends: two
 	// creates cannot both take a host's last room.
 	LockPlaceableHosts(ctx context.Context, heartbeatAfter time.Time) ([]Host, error)
+	// Serialises membership changes of one team, so two owners demoting each
+	// other at once cannot leave it without an owner.
+	LockTeam(ctx context.Context, id string) (string, error)
 	// Online hosts whose last heartbeat is older than the cutoff.
 	MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([]string, error)
 	// Zero rows: the event was applied before (a retried callback).
@@ -56,11 +87,14 @@ type Querier interface {
 	// statement that checks it, so of two concurrent registrations one finds no
 	// row.
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (string, error)
+	RemoveMember(ctx context.Context, arg RemoveMemberParams) (int64, error)
 	RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (int64, error)
+	SetSessionTeam(ctx context.Context, arg SetSessionTeamParams) error
 	// A template is usable by a team when it is public or the team's own.
 	TemplateVisible(ctx context.Context, arg TemplateVisibleParams) (bool, error)
 	// At most one write a minute per key, so authentication stays a read.
 	TouchAPIKey(ctx context.Context, arg TouchAPIKeyParams) error
+	UpdateMemberRole(ctx context.Context, arg UpdateMemberRoleParams) (int64, error)
 	UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErrorIfParams) (Sandbox, error)
 	// The host stopped answering: remember what the sandbox was.
 	UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxMissingIfParams) (Sandbox, error)
