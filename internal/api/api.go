@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/internal/hostclient"
+	"github.com/wrenn/wrenn/pkg/auth"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/scheduler"
@@ -48,6 +49,15 @@ type Deps struct {
 	// default size) counts against its host's disk until the host reports
 	// the real size; 0 means 1024.
 	DefaultDiskMB int64
+	// PublicURL is how users reach the API; session cookies are Secure
+	// when it is https.
+	PublicURL string
+	// SessionTTL is how long an unused cookie session lives (each use
+	// slides it); 0 means 14 days.
+	SessionTTL time.Duration
+	// PasswordParams are argon2id's costs for new password hashes; nil
+	// means auth.DefaultParams. Tests lower them.
+	PasswordParams *auth.Params
 }
 
 // API serves the REST API and owns the background work it starts.
@@ -63,7 +73,9 @@ type API struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	closed bool
+	// auditWG counts audit log inserts still running after their request.
+	auditWG sync.WaitGroup
+	closed  bool
 
 	// streams ends when CloseStreams is called; event streams stop then.
 	streams       context.Context
@@ -109,8 +121,11 @@ func (a *API) Routes(r chi.Router) {
 		r.Post("/hosts/register", a.registerHost)
 		r.Post("/hosts/heartbeat", a.heartbeat)
 		r.Post("/hosts/sandbox-events", a.hostSandboxEvent)
+		a.publicIdentityRoutes(r)
 		r.Group(func(r chi.Router) {
+			r.Use(a.auditTrail)
 			r.Use(a.RequireAPIKey)
+			a.identityRoutes(r)
 			r.Post("/sandboxes", a.createSandbox)
 			r.Get("/sandboxes", a.listSandboxes)
 			r.Get("/events", a.eventStream)
@@ -125,6 +140,7 @@ func (a *API) Routes(r chi.Router) {
 				r.Use(requireAdmin)
 				r.Post("/admin/hosts", a.createHost)
 				r.Get("/admin/hosts", a.listHosts)
+				a.identityAdminRoutes(r)
 			})
 		})
 	})
@@ -173,7 +189,7 @@ func (a *API) Wait(ctx context.Context) error {
 	a.closed = true
 	a.mu.Unlock()
 	done := make(chan struct{})
-	go func() { a.wg.Wait(); close(done) }()
+	go func() { a.wg.Wait(); a.auditWG.Wait(); close(done) }()
 	select {
 	case <-done:
 		a.cancel()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/wrenn/wrenn/pkg/auth"
 	"github.com/wrenn/wrenn/pkg/config"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/id"
@@ -23,12 +24,15 @@ const (
 	keyPrincipal
 )
 
-// Principal is who an API-key request acts as.
+// Principal is who an authenticated request acts as, whether it came with
+// an API key (KeyID set) or a cookie session (SessionID set): the user, the
+// team it acts for, and whether the user is an administrator.
 type Principal struct {
-	KeyID  string
-	TeamID string
-	UserID string
-	Admin  bool
+	KeyID     string
+	SessionID string
+	TeamID    string
+	UserID    string
+	Admin     bool
 }
 
 // PrincipalFrom returns the authenticated caller of an API-key route.
@@ -105,13 +109,25 @@ func (a *API) requestContext(next http.Handler) http.Handler {
 
 // RequireAPIKey authenticates X-API-Key: the key's SHA-256 is looked up,
 // revoked keys and keys of users no longer in the key's team are refused,
-// and last_used_at is refreshed at most once a minute. Extensions wrap their
-// own routes with it.
+// and last_used_at is refreshed at most once a minute. Without X-API-Key, a
+// wrenn_session cookie authenticates instead (authSession: expiry, CSRF on
+// non-GET, team membership); both give the same Principal. Extensions wrap
+// their own routes with it.
 func (a *API) RequireAPIKey(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := r.Header.Get("X-API-Key")
 		if key == "" {
-			a.fail(w, r, unauthorized("missing API key: send it in the X-API-Key header"))
+			if c, err := r.Cookie(auth.SessionCookie); err == nil && c.Value != "" {
+				p, err := a.authSession(w, r, c.Value)
+				if err != nil {
+					a.fail(w, r, err)
+					return
+				}
+				noteActor(r.Context(), p)
+				next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyPrincipal, p)))
+				return
+			}
+			a.fail(w, r, unauthorized("missing API key: send it in the X-API-Key header (or log in for a session cookie)"))
 			return
 		}
 		// A malformed key cannot exist; skip the lookup.
@@ -139,16 +155,17 @@ func (a *API) RequireAPIKey(next http.Handler) http.Handler {
 			}
 		}
 		p := Principal{KeyID: row.ID, TeamID: row.TeamID, UserID: row.UserID, Admin: row.IsAdmin}
+		noteActor(r.Context(), p)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyPrincipal, p)))
 	})
 }
 
-// requireAdmin lets only administrators' keys through. Admin routes say 403
+// requireAdmin lets only administrators through. Admin routes say 403
 // plainly: their existence is documented, so refusing leaks nothing.
 func requireAdmin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !principal(r).Admin {
-			writeErr(w, &Error{Status: http.StatusForbidden, Code: CodeForbidden, Message: "this route needs an administrator's API key"})
+			writeErr(w, &Error{Status: http.StatusForbidden, Code: CodeForbidden, Message: "this route is for Wrenn administrators only; ask an administrator to do this or to make your user one"})
 			return
 		}
 		next.ServeHTTP(w, r)
