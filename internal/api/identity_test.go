@@ -765,3 +765,15 @@ func TestAuditLog(t *testing.T) {
 		t.Fatalf("denied logins recorded: %d", n)
 	}
 }
+
+func TestPrincipalActor(t *testing.T) {
+	t.Parallel()
+	for p, want := range map[Principal]string{
+		{KeyID: "key-a", TeamID: "team-t"}:     "api:key-a",
+		{SessionID: "ses-b", TeamID: "team-t"}: "session:ses-b",
+	} {
+		if got := p.Actor(); got != want {
+			t.Errorf("%+v: %q, want %q", p, got, want)
+		}
+	}
+}

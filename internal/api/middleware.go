@@ -41,6 +41,15 @@ func PrincipalFrom(ctx context.Context) (Principal, bool) {
 	return p, ok
 }
 
+// Actor names the caller in lifecycle events: "api:<key id>" for an API
+// key, "session:<session id>" for a cookie session.
+func (p Principal) Actor() string {
+	if p.SessionID != "" {
+		return "session:" + p.SessionID
+	}
+	return "api:" + p.KeyID
+}
+
 func principal(r *http.Request) Principal {
 	p, _ := PrincipalFrom(r.Context())
 	return p

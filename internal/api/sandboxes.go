@@ -123,7 +123,7 @@ func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	actor := "api:" + p.KeyID
+	actor := p.Actor()
 	if err := a.goBackground(func(ctx context.Context) { a.startSandbox(ctx, sb, host.Address, actor) }); err != nil {
 		// Shutting down: nothing will start it, so say so in its record.
 		a.settleError(context.WithoutCancel(ctx), sb, lifecycle.Starting, "the control plane shut down before the sandbox could start; create it again", actor)
@@ -304,7 +304,7 @@ func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	actor := "api:" + principal(r).KeyID
+	actor := principal(r).Actor()
 	// Retry when another writer moved the sandbox between our read and our
 	// compare-and-set; a handful of rounds settles any real race.
 	for range 5 {

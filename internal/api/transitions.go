@@ -62,7 +62,7 @@ func (a *API) startOp(w http.ResponseWriter, r *http.Request, op asyncOp) {
 		return
 	}
 	ctx := r.Context()
-	actor := "api:" + principal(r).KeyID
+	actor := principal(r).Actor()
 	// Retry when another writer moved the sandbox between our read and our
 	// compare-and-set.
 	for range 5 {

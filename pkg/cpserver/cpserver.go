@@ -177,7 +177,7 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		placement = &pol
 	}
 	a := api.New(api.Deps{
-		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement,
+		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement, PublicURL: cfg.PublicURL,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
 				return fmt.Errorf("postgres: %w", err)
