@@ -34,12 +34,7 @@ const (
 // Config configures a Driver. Only Binary and Root matter in production; the
 // rest exists for runsc and for tests.
 //
-// runsc needs, on Debian's 2022 build: Binary "runsc", GlobalArgs
-// ["--platform=ptrace"], and Wrap set to the private-mount-namespace
-// workaround of RUNTIME-NOTES.md (["unshare", "-m", "--propagation",
-// "private", "sh", "-c", "mount -t tmpfs -o size=4k,ro hide /proc/sys/net &&
-// exec \"$@\"", "sh"]), plus a pids limit of at least 128 on top of the
-// workload's.
+// For gVisor, Runsc returns the Config this host's runsc needs.
 type Config struct {
 	// Binary is the runtime executable, a name looked up in PATH or a path.
 	Binary string
@@ -55,6 +50,18 @@ type Config struct {
 	Wrap []string
 	// CgroupParent is the cgroup under which each sandbox gets <parent>/<id>.
 	CgroupParent string
+	// PidsOverhead is added to every sandbox's pids limit: the tasks the
+	// runtime itself runs inside the sandbox's cgroup (runsc's Sentry and
+	// gofer threads), so the workload still gets the Spec.Pids it asked for.
+	PidsOverhead int64
+	// MemoryOverheadMB is added to every sandbox's memory limit for the
+	// same reason: runsc's Sentry (about 40 MB resident) is charged to the
+	// sandbox's memory cgroup beside the workload.
+	MemoryOverheadMB uint32
+	// ResumeBeforeKill makes Destroy resume a paused sandbox before killing
+	// it: runsc delivers no signal while its Sentry is paused, whereas runc
+	// thaws a frozen cgroup itself to deliver SIGKILL.
+	ResumeBeforeKill bool
 	// Cgroups is the host's cgroup layout; detected from /sys/fs/cgroup when nil.
 	Cgroups *cgroups.FS
 	// Runner runs the commands; real child processes when nil.
@@ -98,6 +105,9 @@ func New(cfg Config) (*Driver, error) {
 	if !strings.HasPrefix(cfg.CgroupParent, "/") {
 		return nil, fmt.Errorf("cgroup parent %q must start with /", cfg.CgroupParent)
 	}
+	if cfg.PidsOverhead < 0 {
+		return nil, fmt.Errorf("pids overhead %d is negative", cfg.PidsOverhead)
+	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = DefaultStopTimeout
 	}
@@ -125,8 +135,15 @@ func New(cfg Config) (*Driver, error) {
 }
 
 // Available reports whether binary can run here: found and answering
-// --version. The error wraps runtime.ErrUnavailable and says what to install.
+// --version, and for runsc the tools of its network workaround
+// (RunscHideNetSysctls) present too. The error wraps runtime.ErrUnavailable
+// and says what to install.
 func Available(binary string) error {
+	if filepath.Base(binary) == RunscName {
+		if err := wrapperAvailable(binary); err != nil {
+			return err
+		}
+	}
 	path, err := exec.LookPath(binary)
 	if err != nil {
 		return fmt.Errorf("%w: %s not found (install the Debian package %q or set WRENN_RUNTIME to another runtime): %w",
@@ -204,6 +221,13 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (err error) {
 		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
 	} else if slices.Contains(ids, s.ID) {
 		return fmt.Errorf("create sandbox %s: it already exists in %s", s.ID, d.cfg.Name)
+	}
+	// Limits of 0 mean none; only set ones get the runtime's headroom.
+	if s.Pids > 0 {
+		s.Pids += d.cfg.PidsOverhead
+	}
+	if s.MemoryMB > 0 {
+		s.MemoryMB += d.cfg.MemoryOverheadMB
 	}
 	spec, err := buildSpec(s, d.cfg.CgroupParent, d.nofile)
 	if err != nil {
@@ -368,6 +392,13 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	case err != nil:
 		return fmt.Errorf("destroy sandbox %s: %w", id, err)
 	default:
+		if st.Status == "paused" && d.cfg.ResumeBeforeKill {
+			// A failure means it already changed state; the wait below
+			// decides.
+			if _, rerr := d.exec(ctx, id, "", "resume", id); rerr != nil {
+				d.log.LogAttrs(ctx, slog.LevelDebug, "resume before kill failed", slog.String("sandbox_id", id), slog.Any("error", rerr))
+			}
+		}
 		if st.Status != "stopped" {
 			// A failure here usually means it stopped meanwhile; the wait
 			// below decides.

@@ -1,0 +1,80 @@
+package oci
+
+import (
+	"fmt"
+	"log/slog"
+	"os/exec"
+
+	"github.com/wrenn/wrenn/internal/runtime"
+)
+
+// RunscName is gVisor's runtime binary and the WRENN_RUNTIME value that
+// selects it.
+const RunscName = "runsc"
+
+// RunscPidsOverhead is the pids headroom a gVisor sandbox needs on top of
+// its workload: the Sentry and the gofer run in the sandbox's cgroup, and a
+// bare sandbox already holds about 31 host tasks there (60 with the ptrace
+// stubs of a running shell), so a limit of Spec.Pids alone would leave the
+// workload almost nothing.
+const RunscPidsOverhead = 128
+
+// RunscMemoryOverheadMB is the memory headroom of a gVisor sandbox: the
+// Sentry's own resident memory (about 40 MB) is charged to the sandbox's
+// memory cgroup, and the guest's memory too (as the Sentry's memory file).
+// gVisor has no OOM killer of its own on this build: a guest that goes past
+// the limit gets the whole sandbox killed by the host's memory cgroup, so
+// the headroom also keeps the Sentry from dying before the workload has
+// used what it asked for.
+const RunscMemoryOverheadMB = 64
+
+// RunscHideNetSysctls is the argv prefix every runsc command runs under on
+// kernels where Debian's runsc build refuses networked sandboxes ("cannot run
+// with network enabled in root network namespace", gVisor issue 10704, fixed
+// upstream only in 2024): a private mount namespace in which /proc/sys/net is
+// covered by an empty read-only tmpfs. The namespace is the command's own,
+// so the host's mounts are untouched, and the sandbox process runsc leaves
+// behind keeps it (nothing else in the sandbox reads the host's sysctls).
+// The script takes runsc's argv as positional parameters, so nothing of a
+// sandbox's spec is ever interpreted by the shell.
+var RunscHideNetSysctls = []string{
+	"unshare", "-m", "--propagation", "private",
+	"sh", "-c", `mount -t tmpfs -o size=4k,ro hide /proc/sys/net && exec "$@"`, "sh",
+}
+
+// Runsc returns the Config that runs sandboxes under gVisor: runsc with the
+// ptrace platform (the only one that works without KVM or a nested-virt
+// capable kernel), the /proc/sys/net workaround, its own state root and the
+// pids and memory headroom of RunscPidsOverhead and RunscMemoryOverheadMB.
+// Stats come from the sandbox's host cgroup, as for runc: cheap (no runsc
+// process per sample) and what the host pays, so they include the Sentry's
+// and gofer's tasks and memory. Pause and resume are `runsc pause` and
+// `runsc resume`, which stop the Sentry's tasks in memory: checkpoint on this
+// build refuses live TCP endpoints and restores without the network
+// interface, so it cannot back a pause that keeps the sandbox reachable.
+func Runsc(root string, logger *slog.Logger) Config {
+	return Config{
+		Binary:           RunscName,
+		Name:             RunscName,
+		Root:             root,
+		GlobalArgs:       []string{"--platform=ptrace"},
+		Wrap:             append([]string(nil), RunscHideNetSysctls...),
+		PidsOverhead:     RunscPidsOverhead,
+		MemoryOverheadMB: RunscMemoryOverheadMB,
+		ResumeBeforeKill: true,
+		Logger:           logger,
+	}
+}
+
+// wrapperAvailable checks the tools a Config's Wrap needs: its program and,
+// for RunscHideNetSysctls, the shell and mount it runs.
+func wrapperAvailable(binary string) error {
+	need := []string{"unshare", "sh", "mount"}
+	for _, tool := range need {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%w: %s needs %s for its network workaround (apt-get install util-linux mount): %w",
+				runtime.ErrUnavailable, binary, tool, err)
+		}
+	}
+	return nil
+}
