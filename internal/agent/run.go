@@ -240,7 +240,11 @@ func registerWithRetry(ctx context.Context, reg *Registrar, token string, log *s
 	}
 }
 
-// selectRuntime resolves WRENN_RUNTIME to a driver that can run here.
+// selectRuntime resolves WRENN_RUNTIME to a driver that can run here: auto
+// and runc mean runc (the freezer pauses it in milliseconds); runsc means
+// gVisor through the same OCI driver, with the configuration oci.Runsc
+// gives. Each runtime keeps its state under its own root in runDir, so one
+// never lists, adopts or cleans up the other's sandboxes.
 func selectRuntime(name, runDir string, log *slog.Logger) (runtime.Runtime, error) {
 	switch name {
 	case "auto", "runc":
@@ -249,8 +253,13 @@ func selectRuntime(name, runDir string, log *slog.Logger) (runtime.Runtime, erro
 			return nil, err
 		}
 		return oci.New(oci.Config{Binary: "runc", Root: filepath.Join(runDir, "runc"), Logger: log})
+	case oci.RunscName:
+		if err := oci.Available(oci.RunscName); err != nil {
+			return nil, err
+		}
+		return oci.New(oci.Runsc(filepath.Join(runDir, oci.RunscName), log))
 	}
-	return nil, fmt.Errorf("WRENN_RUNTIME=%s: %w: this build runs sandboxes with runc only; set WRENN_RUNTIME=runc or auto", name, runtime.ErrUnavailable)
+	return nil, fmt.Errorf("WRENN_RUNTIME=%s: %w: this build runs sandboxes with runc or runsc; set WRENN_RUNTIME to runc, runsc or auto", name, runtime.ErrUnavailable)
 }
 
 func dnsIPs(servers []string) []net.IP {
