@@ -79,14 +79,15 @@ func repoRoot() string {
 }
 
 // requirements skips (or, in CI, fails) when the machine cannot run the
-// stack: the agent needs root, runc and a built minimal image.
-func requirements(t testing.TB) string {
+// stack: the agent needs root, the runtime's binary (runc unless the stack
+// asks for another) and a built minimal image.
+func requirements(t testing.TB, runtimeBinary string) string {
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (the agent creates namespaces, mounts and cgroups)")
 	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		missing = append(missing, "runc (apt-get install runc)")
+	if _, err := exec.LookPath(runtimeBinary); err != nil {
+		missing = append(missing, fmt.Sprintf("%s (apt-get install %s)", runtimeBinary, runtimeBinary))
 	}
 	img := testenv.Getenv("WRENN_TEST_IMAGE")
 	if img == "" {
@@ -156,9 +157,33 @@ func (p *process) tail() string {
 	return string(b)
 }
 
+// stackOptions are what a test may change about the platform startStack
+// brings up.
+type stackOptions struct {
+	// runtime is the agent's WRENN_RUNTIME; "auto" (runc) by default.
+	runtime string
+}
+
+// stackOption changes one of the stackOptions.
+type stackOption func(*stackOptions)
+
+// withRuntime runs the stack's agent with WRENN_RUNTIME=name, and requires
+// that runtime's binary instead of runc's.
+func withRuntime(name string) stackOption {
+	return func(o *stackOptions) { o.runtime = name }
+}
+
 // startStack brings up the whole platform and returns a client for it.
-func startStack(t testing.TB) *stack {
-	img := requirements(t)
+func startStack(t testing.TB, opts ...stackOption) *stack {
+	o := stackOptions{runtime: "auto"}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	binary := o.runtime
+	if binary == "auto" {
+		binary = "runc"
+	}
+	img := requirements(t, binary)
 	bins := binaries(t)
 	dsn := testenv.Postgres(t)
 	redisURL := testenv.Redis(t)
@@ -210,7 +235,7 @@ func startStack(t testing.TB) *stack {
 		"WRENN_DIR=" + dir,
 		fmt.Sprintf("WRENN_AGENT_LISTEN=127.0.0.1:%d", agentPort),
 		"WRENN_CP_URL=" + s.apiURL,
-		"WRENN_RUNTIME=auto",
+		"WRENN_RUNTIME=" + o.runtime,
 		"WRENN_DEFAULT_ROOTFS_SIZE=1Gi",
 		"WRENN_SANDBOX_CIDR=10.89.0.0/24",
 		"WRENN_AGENT_SHUTDOWN=destroy",
