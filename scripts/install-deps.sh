@@ -14,6 +14,7 @@ PACKAGES=(
 	postgresql      # server binaries for the local stack and tests (/usr/lib/postgresql/*/bin)
 	redis-server    # events, queues and caches of the control plane
 	runc            # the OCI runtime sandboxes run in where no microVM can
+	runsc           # gVisor, the second OCI runtime (WRENN_RUNTIME=runsc)
 	e2fsprogs       # mkfs.ext4 -d, e2fsck, resize2fs for images and sandbox disks
 	debootstrap     # builds the minimal base image
 	util-linux      # flock, mount, losetup, unshare
