@@ -87,8 +87,11 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	growTemplates(ctx, images, filepath.Join(cfg.Dir, "images"), cfg.DefaultDiskMB<<20, log)
 
 	mux := http.NewServeMux()
-	path, handler := hostagentv1connect.NewHostAgentServiceHandler(&Service{m: mgr, runtimeName: rt.Name(), envdVersion: EnvdVersion})
+	sampler := NewMetricsSampler(mgr, 0, 0)
+	svc := &Service{m: mgr, runtimeName: rt.Name(), envdVersion: EnvdVersion, metrics: sampler}
+	path, handler := hostagentv1connect.NewHostAgentServiceHandler(svc)
 	mux.Handle(path, handler)
+	mux.Handle(FilesRoutePattern, svc.FilesHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -117,6 +120,12 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		defer close(watchDone)
 		mgr.Run(watchCtx)
 	}()
+	sampleDone := make(chan struct{})
+	go func() {
+		defer close(sampleDone)
+		sampler.Run(watchCtx)
+	}()
+	defer func() { <-sampleDone }()
 	defer func() {
 		stopWatch()
 		<-watchDone

@@ -18,6 +18,8 @@ type Service struct {
 	m           *Manager
 	runtimeName string
 	envdVersion string
+	// metrics answers GetSandboxMetrics; nil makes it Unimplemented.
+	metrics *MetricsSampler
 }
 
 var _ hostagentv1connect.HostAgentServiceHandler = (*Service)(nil)

@@ -78,6 +78,107 @@ func (SandboxState) EnumDescriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{0}
 }
 
+type Signal int32
+
+const (
+	Signal_SIGNAL_UNSPECIFIED Signal = 0
+	Signal_SIGNAL_SIGTERM     Signal = 15
+	Signal_SIGNAL_SIGKILL     Signal = 9
+)
+
+// Enum value maps for Signal.
+var (
+	Signal_name = map[int32]string{
+		0:  "SIGNAL_UNSPECIFIED",
+		15: "SIGNAL_SIGTERM",
+		9:  "SIGNAL_SIGKILL",
+	}
+	Signal_value = map[string]int32{
+		"SIGNAL_UNSPECIFIED": 0,
+		"SIGNAL_SIGTERM":     15,
+		"SIGNAL_SIGKILL":     9,
+	}
+)
+
+func (x Signal) Enum() *Signal {
+	p := new(Signal)
+	*p = x
+	return p
+}
+
+func (x Signal) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Signal) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostagent_v1_hostagent_proto_enumTypes[1].Descriptor()
+}
+
+func (Signal) Type() protoreflect.EnumType {
+	return &file_hostagent_v1_hostagent_proto_enumTypes[1]
+}
+
+func (x Signal) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Signal.Descriptor instead.
+func (Signal) EnumDescriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+}
+
+type FileType int32
+
+const (
+	FileType_FILE_TYPE_UNSPECIFIED FileType = 0
+	FileType_FILE_TYPE_FILE        FileType = 1
+	FileType_FILE_TYPE_DIRECTORY   FileType = 2
+	FileType_FILE_TYPE_SYMLINK     FileType = 3
+)
+
+// Enum value maps for FileType.
+var (
+	FileType_name = map[int32]string{
+		0: "FILE_TYPE_UNSPECIFIED",
+		1: "FILE_TYPE_FILE",
+		2: "FILE_TYPE_DIRECTORY",
+		3: "FILE_TYPE_SYMLINK",
+	}
+	FileType_value = map[string]int32{
+		"FILE_TYPE_UNSPECIFIED": 0,
+		"FILE_TYPE_FILE":        1,
+		"FILE_TYPE_DIRECTORY":   2,
+		"FILE_TYPE_SYMLINK":     3,
+	}
+)
+
+func (x FileType) Enum() *FileType {
+	p := new(FileType)
+	*p = x
+	return p
+}
+
+func (x FileType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FileType) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostagent_v1_hostagent_proto_enumTypes[2].Descriptor()
+}
+
+func (FileType) Type() protoreflect.EnumType {
+	return &file_hostagent_v1_hostagent_proto_enumTypes[2]
+}
+
+func (x FileType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FileType.Descriptor instead.
+func (FileType) EnumDescriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+}
+
 type Sandbox struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -1130,6 +1231,1846 @@ func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
+// ProcessSelector names a process by pid or by the tag it was started with.
+type ProcessSelector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Selector:
+	//
+	//	*ProcessSelector_Pid
+	//	*ProcessSelector_Tag
+	Selector      isProcessSelector_Selector `protobuf_oneof:"selector"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessSelector) Reset() {
+	*x = ProcessSelector{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessSelector) ProtoMessage() {}
+
+func (x *ProcessSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessSelector.ProtoReflect.Descriptor instead.
+func (*ProcessSelector) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ProcessSelector) GetSelector() isProcessSelector_Selector {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *ProcessSelector) GetPid() uint32 {
+	if x != nil {
+		if x, ok := x.Selector.(*ProcessSelector_Pid); ok {
+			return x.Pid
+		}
+	}
+	return 0
+}
+
+func (x *ProcessSelector) GetTag() string {
+	if x != nil {
+		if x, ok := x.Selector.(*ProcessSelector_Tag); ok {
+			return x.Tag
+		}
+	}
+	return ""
+}
+
+type isProcessSelector_Selector interface {
+	isProcessSelector_Selector()
+}
+
+type ProcessSelector_Pid struct {
+	Pid uint32 `protobuf:"varint,1,opt,name=pid,proto3,oneof"`
+}
+
+type ProcessSelector_Tag struct {
+	Tag string `protobuf:"bytes,2,opt,name=tag,proto3,oneof"`
+}
+
+func (*ProcessSelector_Pid) isProcessSelector_Selector() {}
+
+func (*ProcessSelector_Tag) isProcessSelector_Selector() {}
+
+type PtySize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cols          uint32                 `protobuf:"varint,1,opt,name=cols,proto3" json:"cols,omitempty"`
+	Rows          uint32                 `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PtySize) Reset() {
+	*x = PtySize{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PtySize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PtySize) ProtoMessage() {}
+
+func (x *PtySize) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PtySize.ProtoReflect.Descriptor instead.
+func (*PtySize) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PtySize) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+func (x *PtySize) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+type StartProcessRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Cmd       string                 `protobuf:"bytes,2,opt,name=cmd,proto3" json:"cmd,omitempty"`
+	Args      []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	Envs      map[string]string      `protobuf:"bytes,4,rep,name=envs,proto3" json:"envs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Cwd       string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	User      string                 `protobuf:"bytes,6,opt,name=user,proto3" json:"user,omitempty"`
+	Tag       string                 `protobuf:"bytes,7,opt,name=tag,proto3" json:"tag,omitempty"`
+	// stdin keeps the process's stdin open for SendInput until CloseStdin.
+	Stdin bool `protobuf:"varint,8,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// pty runs the process on a terminal of this size.
+	Pty           *PtySize `protobuf:"bytes,9,opt,name=pty,proto3" json:"pty,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartProcessRequest) Reset() {
+	*x = StartProcessRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartProcessRequest) ProtoMessage() {}
+
+func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
+func (*StartProcessRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *StartProcessRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *StartProcessRequest) GetCmd() string {
+	if x != nil {
+		return x.Cmd
+	}
+	return ""
+}
+
+func (x *StartProcessRequest) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *StartProcessRequest) GetEnvs() map[string]string {
+	if x != nil {
+		return x.Envs
+	}
+	return nil
+}
+
+func (x *StartProcessRequest) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *StartProcessRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *StartProcessRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *StartProcessRequest) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *StartProcessRequest) GetPty() *PtySize {
+	if x != nil {
+		return x.Pty
+	}
+	return nil
+}
+
+type ProcessEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*ProcessEvent_Start_
+	//	*ProcessEvent_Stdout
+	//	*ProcessEvent_Stderr
+	//	*ProcessEvent_Pty
+	//	*ProcessEvent_End_
+	Event         isProcessEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessEvent) Reset() {
+	*x = ProcessEvent{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessEvent) ProtoMessage() {}
+
+func (x *ProcessEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessEvent.ProtoReflect.Descriptor instead.
+func (*ProcessEvent) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ProcessEvent) GetEvent() isProcessEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ProcessEvent) GetStart() *ProcessEvent_Start {
+	if x != nil {
+		if x, ok := x.Event.(*ProcessEvent_Start_); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ProcessEvent) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Event.(*ProcessEvent_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ProcessEvent) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Event.(*ProcessEvent_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ProcessEvent) GetPty() []byte {
+	if x != nil {
+		if x, ok := x.Event.(*ProcessEvent_Pty); ok {
+			return x.Pty
+		}
+	}
+	return nil
+}
+
+func (x *ProcessEvent) GetEnd() *ProcessEvent_End {
+	if x != nil {
+		if x, ok := x.Event.(*ProcessEvent_End_); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+type isProcessEvent_Event interface {
+	isProcessEvent_Event()
+}
+
+type ProcessEvent_Start_ struct {
+	Start *ProcessEvent_Start `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ProcessEvent_Stdout struct {
+	Stdout []byte `protobuf:"bytes,2,opt,name=stdout,proto3,oneof"`
+}
+
+type ProcessEvent_Stderr struct {
+	Stderr []byte `protobuf:"bytes,3,opt,name=stderr,proto3,oneof"`
+}
+
+type ProcessEvent_Pty struct {
+	Pty []byte `protobuf:"bytes,4,opt,name=pty,proto3,oneof"`
+}
+
+type ProcessEvent_End_ struct {
+	End *ProcessEvent_End `protobuf:"bytes,5,opt,name=end,proto3,oneof"`
+}
+
+func (*ProcessEvent_Start_) isProcessEvent_Event() {}
+
+func (*ProcessEvent_Stdout) isProcessEvent_Event() {}
+
+func (*ProcessEvent_Stderr) isProcessEvent_Event() {}
+
+func (*ProcessEvent_Pty) isProcessEvent_Event() {}
+
+func (*ProcessEvent_End_) isProcessEvent_Event() {}
+
+type StartBackgroundResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tag           string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartBackgroundResponse) Reset() {
+	*x = StartBackgroundResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartBackgroundResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartBackgroundResponse) ProtoMessage() {}
+
+func (x *StartBackgroundResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartBackgroundResponse.ProtoReflect.Descriptor instead.
+func (*StartBackgroundResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StartBackgroundResponse) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *StartBackgroundResponse) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+type ListProcessesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProcessesRequest) Reset() {
+	*x = ListProcessesRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProcessesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProcessesRequest) ProtoMessage() {}
+
+func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
+func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListProcessesRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+type ProcessInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tag           string                 `protobuf:"bytes,2,opt,name=tag,proto3" json:"tag,omitempty"`
+	Cmd           string                 `protobuf:"bytes,3,opt,name=cmd,proto3" json:"cmd,omitempty"`
+	Args          []string               `protobuf:"bytes,4,rep,name=args,proto3" json:"args,omitempty"`
+	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessInfo) Reset() {
+	*x = ProcessInfo{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessInfo) ProtoMessage() {}
+
+func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
+func (*ProcessInfo) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ProcessInfo) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ProcessInfo) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *ProcessInfo) GetCmd() string {
+	if x != nil {
+		return x.Cmd
+	}
+	return ""
+}
+
+func (x *ProcessInfo) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ProcessInfo) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+type ListProcessesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Processes     []*ProcessInfo         `protobuf:"bytes,1,rep,name=processes,proto3" json:"processes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProcessesResponse) Reset() {
+	*x = ListProcessesResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProcessesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProcessesResponse) ProtoMessage() {}
+
+func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
+func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+type AttachProcessRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Process       *ProcessSelector       `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachProcessRequest) Reset() {
+	*x = AttachProcessRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachProcessRequest) ProtoMessage() {}
+
+func (x *AttachProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachProcessRequest.ProtoReflect.Descriptor instead.
+func (*AttachProcessRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AttachProcessRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *AttachProcessRequest) GetProcess() *ProcessSelector {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+type SignalProcessRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Process       *ProcessSelector       `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	Signal        Signal                 `protobuf:"varint,3,opt,name=signal,proto3,enum=wrenn.hostagent.v1.Signal" json:"signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalProcessRequest) Reset() {
+	*x = SignalProcessRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalProcessRequest) ProtoMessage() {}
+
+func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
+func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SignalProcessRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SignalProcessRequest) GetProcess() *ProcessSelector {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+func (x *SignalProcessRequest) GetSignal() Signal {
+	if x != nil {
+		return x.Signal
+	}
+	return Signal_SIGNAL_UNSPECIFIED
+}
+
+type SignalProcessResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalProcessResponse) Reset() {
+	*x = SignalProcessResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalProcessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalProcessResponse) ProtoMessage() {}
+
+func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
+func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+}
+
+type SendInputRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Process   *ProcessSelector       `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	Data      []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// pty writes to the process's terminal instead of its stdin.
+	Pty           bool `protobuf:"varint,4,opt,name=pty,proto3" json:"pty,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendInputRequest) Reset() {
+	*x = SendInputRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendInputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendInputRequest) ProtoMessage() {}
+
+func (x *SendInputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendInputRequest.ProtoReflect.Descriptor instead.
+func (*SendInputRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SendInputRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SendInputRequest) GetProcess() *ProcessSelector {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+func (x *SendInputRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SendInputRequest) GetPty() bool {
+	if x != nil {
+		return x.Pty
+	}
+	return false
+}
+
+type SendInputResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendInputResponse) Reset() {
+	*x = SendInputResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendInputResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendInputResponse) ProtoMessage() {}
+
+func (x *SendInputResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendInputResponse.ProtoReflect.Descriptor instead.
+func (*SendInputResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+}
+
+type CloseStdinRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Process       *ProcessSelector       `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseStdinRequest) Reset() {
+	*x = CloseStdinRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseStdinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseStdinRequest) ProtoMessage() {}
+
+func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
+func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CloseStdinRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *CloseStdinRequest) GetProcess() *ProcessSelector {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+type CloseStdinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseStdinResponse) Reset() {
+	*x = CloseStdinResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseStdinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseStdinResponse) ProtoMessage() {}
+
+func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
+func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+}
+
+type ResizePtyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Process       *ProcessSelector       `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
+	Size          *PtySize               `protobuf:"bytes,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizePtyRequest) Reset() {
+	*x = ResizePtyRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizePtyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizePtyRequest) ProtoMessage() {}
+
+func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
+func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ResizePtyRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ResizePtyRequest) GetProcess() *ProcessSelector {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+func (x *ResizePtyRequest) GetSize() *PtySize {
+	if x != nil {
+		return x.Size
+	}
+	return nil
+}
+
+type ResizePtyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizePtyResponse) Reset() {
+	*x = ResizePtyResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizePtyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizePtyResponse) ProtoMessage() {}
+
+func (x *ResizePtyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizePtyResponse.ProtoReflect.Descriptor instead.
+func (*ResizePtyResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+}
+
+type EntryInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Type          FileType               `protobuf:"varint,3,opt,name=type,proto3,enum=wrenn.hostagent.v1.FileType" json:"type,omitempty"`
+	Size          int64                  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	Mode          uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	Owner         string                 `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
+	Group         string                 `protobuf:"bytes,7,opt,name=group,proto3" json:"group,omitempty"`
+	ModifiedTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=modified_time,json=modifiedTime,proto3" json:"modified_time,omitempty"`
+	SymlinkTarget string                 `protobuf:"bytes,9,opt,name=symlink_target,json=symlinkTarget,proto3" json:"symlink_target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntryInfo) Reset() {
+	*x = EntryInfo{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntryInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntryInfo) ProtoMessage() {}
+
+func (x *EntryInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntryInfo.ProtoReflect.Descriptor instead.
+func (*EntryInfo) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *EntryInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EntryInfo) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *EntryInfo) GetType() FileType {
+	if x != nil {
+		return x.Type
+	}
+	return FileType_FILE_TYPE_UNSPECIFIED
+}
+
+func (x *EntryInfo) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *EntryInfo) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *EntryInfo) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *EntryInfo) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *EntryInfo) GetModifiedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ModifiedTime
+	}
+	return nil
+}
+
+func (x *EntryInfo) GetSymlinkTarget() string {
+	if x != nil {
+		return x.SymlinkTarget
+	}
+	return ""
+}
+
+type ListDirRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Depth         uint32                 `protobuf:"varint,3,opt,name=depth,proto3" json:"depth,omitempty"`
+	User          string                 `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirRequest) Reset() {
+	*x = ListDirRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirRequest) ProtoMessage() {}
+
+func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
+func (*ListDirRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListDirRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ListDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ListDirRequest) GetDepth() uint32 {
+	if x != nil {
+		return x.Depth
+	}
+	return 0
+}
+
+func (x *ListDirRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type ListDirResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*EntryInfo           `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirResponse) Reset() {
+	*x = ListDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirResponse) ProtoMessage() {}
+
+func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
+func (*ListDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListDirResponse) GetEntries() []*EntryInfo {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type MakeDirRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeDirRequest) Reset() {
+	*x = MakeDirRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeDirRequest) ProtoMessage() {}
+
+func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
+func (*MakeDirRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *MakeDirRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *MakeDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *MakeDirRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type MakeDirResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *EntryInfo             `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeDirResponse) Reset() {
+	*x = MakeDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeDirResponse) ProtoMessage() {}
+
+func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
+func (*MakeDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *MakeDirResponse) GetEntry() *EntryInfo {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type RemovePathRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovePathRequest) Reset() {
+	*x = RemovePathRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovePathRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovePathRequest) ProtoMessage() {}
+
+func (x *RemovePathRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovePathRequest.ProtoReflect.Descriptor instead.
+func (*RemovePathRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RemovePathRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *RemovePathRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RemovePathRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type RemovePathResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovePathResponse) Reset() {
+	*x = RemovePathResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovePathResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovePathResponse) ProtoMessage() {}
+
+func (x *RemovePathResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovePathResponse.ProtoReflect.Descriptor instead.
+func (*RemovePathResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+}
+
+type StatPathRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatPathRequest) Reset() {
+	*x = StatPathRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatPathRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatPathRequest) ProtoMessage() {}
+
+func (x *StatPathRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatPathRequest.ProtoReflect.Descriptor instead.
+func (*StatPathRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *StatPathRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *StatPathRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *StatPathRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type StatPathResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *EntryInfo             `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatPathResponse) Reset() {
+	*x = StatPathResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatPathResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatPathResponse) ProtoMessage() {}
+
+func (x *StatPathResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatPathResponse.ProtoReflect.Descriptor instead.
+func (*StatPathResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *StatPathResponse) GetEntry() *EntryInfo {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type GetSandboxMetricsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxMetricsRequest) Reset() {
+	*x = GetSandboxMetricsRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxMetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxMetricsRequest) ProtoMessage() {}
+
+func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *GetSandboxMetricsRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *GetSandboxMetricsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+type MetricSample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// cpu_percent is the share of one core used since the previous sample
+	// (200 = two cores busy).
+	CpuPercent  float64 `protobuf:"fixed64,2,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	MemoryBytes uint64  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// disk_bytes is what the sandbox's writable layer holds.
+	DiskBytes     uint64 `protobuf:"varint,4,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricSample) Reset() {
+	*x = MetricSample{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricSample) ProtoMessage() {}
+
+func (x *MetricSample) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricSample.ProtoReflect.Descriptor instead.
+func (*MetricSample) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *MetricSample) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *MetricSample) GetCpuPercent() float64 {
+	if x != nil {
+		return x.CpuPercent
+	}
+	return 0
+}
+
+func (x *MetricSample) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *MetricSample) GetDiskBytes() uint64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
+type GetSandboxMetricsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Samples []*MetricSample        `protobuf:"bytes,1,rep,name=samples,proto3" json:"samples,omitempty"`
+	// interval_sec is the agent's sampling interval.
+	IntervalSec   uint32 `protobuf:"varint,2,opt,name=interval_sec,json=intervalSec,proto3" json:"interval_sec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxMetricsResponse) Reset() {
+	*x = GetSandboxMetricsResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxMetricsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxMetricsResponse) ProtoMessage() {}
+
+func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
+func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *GetSandboxMetricsResponse) GetSamples() []*MetricSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+func (x *GetSandboxMetricsResponse) GetIntervalSec() uint32 {
+	if x != nil {
+		return x.IntervalSec
+	}
+	return 0
+}
+
+type ProcessEvent_Start struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessEvent_Start) Reset() {
+	*x = ProcessEvent_Start{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessEvent_Start) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessEvent_Start) ProtoMessage() {}
+
+func (x *ProcessEvent_Start) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessEvent_Start.ProtoReflect.Descriptor instead.
+func (*ProcessEvent_Start) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22, 0}
+}
+
+func (x *ProcessEvent_Start) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+type ProcessEvent_End struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExitCode      int32                  `protobuf:"zigzag32,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Exited        bool                   `protobuf:"varint,2,opt,name=exited,proto3" json:"exited,omitempty"`
+	Status        string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Error         string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessEvent_End) Reset() {
+	*x = ProcessEvent_End{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessEvent_End) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessEvent_End) ProtoMessage() {}
+
+func (x *ProcessEvent_End) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessEvent_End.ProtoReflect.Descriptor instead.
+func (*ProcessEvent_End) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22, 1}
+}
+
+func (x *ProcessEvent_End) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *ProcessEvent_End) GetExited() bool {
+	if x != nil {
+		return x.Exited
+	}
+	return false
+}
+
+func (x *ProcessEvent_End) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ProcessEvent_End) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
@@ -1219,12 +3160,151 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1f\n" +
 	"\vtimeout_sec\x18\x02 \x01(\rR\n" +
 	"timeoutSec\"\x1b\n" +
-	"\x19SetSandboxTimeoutResponse*}\n" +
+	"\x19SetSandboxTimeoutResponse\"E\n" +
+	"\x0fProcessSelector\x12\x12\n" +
+	"\x03pid\x18\x01 \x01(\rH\x00R\x03pid\x12\x12\n" +
+	"\x03tag\x18\x02 \x01(\tH\x00R\x03tagB\n" +
+	"\n" +
+	"\bselector\"1\n" +
+	"\aPtySize\x12\x12\n" +
+	"\x04cols\x18\x01 \x01(\rR\x04cols\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\rR\x04rows\"\xd7\x02\n" +
+	"\x13StartProcessRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n" +
+	"\x03cmd\x18\x02 \x01(\tR\x03cmd\x12\x12\n" +
+	"\x04args\x18\x03 \x03(\tR\x04args\x12E\n" +
+	"\x04envs\x18\x04 \x03(\v21.wrenn.hostagent.v1.StartProcessRequest.EnvsEntryR\x04envs\x12\x10\n" +
+	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x12\n" +
+	"\x04user\x18\x06 \x01(\tR\x04user\x12\x10\n" +
+	"\x03tag\x18\a \x01(\tR\x03tag\x12\x14\n" +
+	"\x05stdin\x18\b \x01(\bR\x05stdin\x12-\n" +
+	"\x03pty\x18\t \x01(\v2\x1b.wrenn.hostagent.v1.PtySizeR\x03pty\x1a7\n" +
+	"\tEnvsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xde\x02\n" +
+	"\fProcessEvent\x12>\n" +
+	"\x05start\x18\x01 \x01(\v2&.wrenn.hostagent.v1.ProcessEvent.StartH\x00R\x05start\x12\x18\n" +
+	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12\x12\n" +
+	"\x03pty\x18\x04 \x01(\fH\x00R\x03pty\x128\n" +
+	"\x03end\x18\x05 \x01(\v2$.wrenn.hostagent.v1.ProcessEvent.EndH\x00R\x03end\x1a\x19\n" +
+	"\x05Start\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x1ah\n" +
+	"\x03End\x12\x1b\n" +
+	"\texit_code\x18\x01 \x01(\x11R\bexitCode\x12\x16\n" +
+	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05errorB\a\n" +
+	"\x05event\"=\n" +
+	"\x17StartBackgroundResponse\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\"5\n" +
+	"\x14ListProcessesRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"i\n" +
+	"\vProcessInfo\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\tR\x03tag\x12\x10\n" +
+	"\x03cmd\x18\x03 \x01(\tR\x03cmd\x12\x12\n" +
+	"\x04args\x18\x04 \x03(\tR\x04args\x12\x10\n" +
+	"\x03cwd\x18\x05 \x01(\tR\x03cwd\"V\n" +
+	"\x15ListProcessesResponse\x12=\n" +
+	"\tprocesses\x18\x01 \x03(\v2\x1f.wrenn.hostagent.v1.ProcessInfoR\tprocesses\"t\n" +
+	"\x14AttachProcessRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12=\n" +
+	"\aprocess\x18\x02 \x01(\v2#.wrenn.hostagent.v1.ProcessSelectorR\aprocess\"\xa8\x01\n" +
+	"\x14SignalProcessRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12=\n" +
+	"\aprocess\x18\x02 \x01(\v2#.wrenn.hostagent.v1.ProcessSelectorR\aprocess\x122\n" +
+	"\x06signal\x18\x03 \x01(\x0e2\x1a.wrenn.hostagent.v1.SignalR\x06signal\"\x17\n" +
+	"\x15SignalProcessResponse\"\x96\x01\n" +
+	"\x10SendInputRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12=\n" +
+	"\aprocess\x18\x02 \x01(\v2#.wrenn.hostagent.v1.ProcessSelectorR\aprocess\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x10\n" +
+	"\x03pty\x18\x04 \x01(\bR\x03pty\"\x13\n" +
+	"\x11SendInputResponse\"q\n" +
+	"\x11CloseStdinRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12=\n" +
+	"\aprocess\x18\x02 \x01(\v2#.wrenn.hostagent.v1.ProcessSelectorR\aprocess\"\x14\n" +
+	"\x12CloseStdinResponse\"\xa1\x01\n" +
+	"\x10ResizePtyRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12=\n" +
+	"\aprocess\x18\x02 \x01(\v2#.wrenn.hostagent.v1.ProcessSelectorR\aprocess\x12/\n" +
+	"\x04size\x18\x03 \x01(\v2\x1b.wrenn.hostagent.v1.PtySizeR\x04size\"\x13\n" +
+	"\x11ResizePtyResponse\"\xa1\x02\n" +
+	"\tEntryInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x120\n" +
+	"\x04type\x18\x03 \x01(\x0e2\x1c.wrenn.hostagent.v1.FileTypeR\x04type\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x12\n" +
+	"\x04mode\x18\x05 \x01(\rR\x04mode\x12\x14\n" +
+	"\x05owner\x18\x06 \x01(\tR\x05owner\x12\x14\n" +
+	"\x05group\x18\a \x01(\tR\x05group\x12?\n" +
+	"\rmodified_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fmodifiedTime\x12%\n" +
+	"\x0esymlink_target\x18\t \x01(\tR\rsymlinkTarget\"m\n" +
+	"\x0eListDirRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05depth\x18\x03 \x01(\rR\x05depth\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"J\n" +
+	"\x0fListDirResponse\x127\n" +
+	"\aentries\x18\x01 \x03(\v2\x1d.wrenn.hostagent.v1.EntryInfoR\aentries\"W\n" +
+	"\x0eMakeDirRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"F\n" +
+	"\x0fMakeDirResponse\x123\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1d.wrenn.hostagent.v1.EntryInfoR\x05entry\"Z\n" +
+	"\x11RemovePathRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"\x14\n" +
+	"\x12RemovePathResponse\"X\n" +
+	"\x0fStatPathRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"G\n" +
+	"\x10StatPathResponse\x123\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1d.wrenn.hostagent.v1.EntryInfoR\x05entry\"k\n" +
+	"\x18GetSandboxMetricsRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xa1\x01\n" +
+	"\fMetricSample\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
+	"\vcpu_percent\x18\x02 \x01(\x01R\n" +
+	"cpuPercent\x12!\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\x04 \x01(\x04R\tdiskBytes\"z\n" +
+	"\x19GetSandboxMetricsResponse\x12:\n" +
+	"\asamples\x18\x01 \x03(\v2 .wrenn.hostagent.v1.MetricSampleR\asamples\x12!\n" +
+	"\finterval_sec\x18\x02 \x01(\rR\vintervalSec*}\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SANDBOX_STATE_RUNNING\x10\x01\x12\x18\n" +
 	"\x14SANDBOX_STATE_PAUSED\x10\x02\x12\x19\n" +
-	"\x15SANDBOX_STATE_STOPPED\x10\x032\x8a\a\n" +
+	"\x15SANDBOX_STATE_STOPPED\x10\x03*H\n" +
+	"\x06Signal\x12\x16\n" +
+	"\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eSIGNAL_SIGTERM\x10\x0f\x12\x12\n" +
+	"\x0eSIGNAL_SIGKILL\x10\t*i\n" +
+	"\bFileType\x12\x19\n" +
+	"\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n" +
+	"\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n" +
+	"\x11FILE_TYPE_SYMLINK\x10\x032\xda\x10\n" +
 	"\x10HostAgentService\x12d\n" +
 	"\rCreateSandbox\x12(.wrenn.hostagent.v1.CreateSandboxRequest\x1a).wrenn.hostagent.v1.CreateSandboxResponse\x12g\n" +
 	"\x0eDestroySandbox\x12).wrenn.hostagent.v1.DestroySandboxRequest\x1a*.wrenn.hostagent.v1.DestroySandboxResponse\x12[\n" +
@@ -1235,7 +3315,22 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fPauseSandbox\x12'.wrenn.hostagent.v1.PauseSandboxRequest\x1a(.wrenn.hostagent.v1.PauseSandboxResponse\x12d\n" +
 	"\rResumeSandbox\x12(.wrenn.hostagent.v1.ResumeSandboxRequest\x1a).wrenn.hostagent.v1.ResumeSandboxResponse\x12^\n" +
 	"\vPingSandbox\x12&.wrenn.hostagent.v1.PingSandboxRequest\x1a'.wrenn.hostagent.v1.PingSandboxResponse\x12p\n" +
-	"\x11SetSandboxTimeout\x12,.wrenn.hostagent.v1.SetSandboxTimeoutRequest\x1a-.wrenn.hostagent.v1.SetSandboxTimeoutResponseB7Z5github.com/wrenn/wrenn/proto/hostagent/v1;hostagentv1b\x06proto3"
+	"\x11SetSandboxTimeout\x12,.wrenn.hostagent.v1.SetSandboxTimeoutRequest\x1a-.wrenn.hostagent.v1.SetSandboxTimeoutResponse\x12[\n" +
+	"\fStartProcess\x12'.wrenn.hostagent.v1.StartProcessRequest\x1a .wrenn.hostagent.v1.ProcessEvent0\x01\x12g\n" +
+	"\x0fStartBackground\x12'.wrenn.hostagent.v1.StartProcessRequest\x1a+.wrenn.hostagent.v1.StartBackgroundResponse\x12d\n" +
+	"\rListProcesses\x12(.wrenn.hostagent.v1.ListProcessesRequest\x1a).wrenn.hostagent.v1.ListProcessesResponse\x12]\n" +
+	"\rAttachProcess\x12(.wrenn.hostagent.v1.AttachProcessRequest\x1a .wrenn.hostagent.v1.ProcessEvent0\x01\x12d\n" +
+	"\rSignalProcess\x12(.wrenn.hostagent.v1.SignalProcessRequest\x1a).wrenn.hostagent.v1.SignalProcessResponse\x12X\n" +
+	"\tSendInput\x12$.wrenn.hostagent.v1.SendInputRequest\x1a%.wrenn.hostagent.v1.SendInputResponse\x12[\n" +
+	"\n" +
+	"CloseStdin\x12%.wrenn.hostagent.v1.CloseStdinRequest\x1a&.wrenn.hostagent.v1.CloseStdinResponse\x12X\n" +
+	"\tResizePty\x12$.wrenn.hostagent.v1.ResizePtyRequest\x1a%.wrenn.hostagent.v1.ResizePtyResponse\x12R\n" +
+	"\aListDir\x12\".wrenn.hostagent.v1.ListDirRequest\x1a#.wrenn.hostagent.v1.ListDirResponse\x12R\n" +
+	"\aMakeDir\x12\".wrenn.hostagent.v1.MakeDirRequest\x1a#.wrenn.hostagent.v1.MakeDirResponse\x12[\n" +
+	"\n" +
+	"RemovePath\x12%.wrenn.hostagent.v1.RemovePathRequest\x1a&.wrenn.hostagent.v1.RemovePathResponse\x12U\n" +
+	"\bStatPath\x12#.wrenn.hostagent.v1.StatPathRequest\x1a$.wrenn.hostagent.v1.StatPathResponse\x12p\n" +
+	"\x11GetSandboxMetrics\x12,.wrenn.hostagent.v1.GetSandboxMetricsRequest\x1a-.wrenn.hostagent.v1.GetSandboxMetricsResponseB7Z5github.com/wrenn/wrenn/proto/hostagent/v1;hostagentv1b\x06proto3"
 
 var (
 	file_hostagent_v1_hostagent_proto_rawDescOnce sync.Once
@@ -1249,66 +3344,146 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 	return file_hostagent_v1_hostagent_proto_rawDescData
 }
 
-var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: wrenn.hostagent.v1.SandboxState
-	(*Sandbox)(nil),                   // 1: wrenn.hostagent.v1.Sandbox
-	(*CreateSandboxRequest)(nil),      // 2: wrenn.hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),     // 3: wrenn.hostagent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),     // 4: wrenn.hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 5: wrenn.hostagent.v1.DestroySandboxResponse
-	(*GetSandboxRequest)(nil),         // 6: wrenn.hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 7: wrenn.hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 8: wrenn.hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 9: wrenn.hostagent.v1.ListSandboxesResponse
-	(*ExecRequest)(nil),               // 10: wrenn.hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 11: wrenn.hostagent.v1.ExecResponse
-	(*PauseSandboxRequest)(nil),       // 12: wrenn.hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 13: wrenn.hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 14: wrenn.hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 15: wrenn.hostagent.v1.ResumeSandboxResponse
-	(*PingSandboxRequest)(nil),        // 16: wrenn.hostagent.v1.PingSandboxRequest
-	(*PingSandboxResponse)(nil),       // 17: wrenn.hostagent.v1.PingSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 18: wrenn.hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 19: wrenn.hostagent.v1.SetSandboxTimeoutResponse
-	nil,                               // 20: wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
-	nil,                               // 21: wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 22: google.protobuf.Timestamp
+	(Signal)(0),                       // 1: wrenn.hostagent.v1.Signal
+	(FileType)(0),                     // 2: wrenn.hostagent.v1.FileType
+	(*Sandbox)(nil),                   // 3: wrenn.hostagent.v1.Sandbox
+	(*CreateSandboxRequest)(nil),      // 4: wrenn.hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),     // 5: wrenn.hostagent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),     // 6: wrenn.hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 7: wrenn.hostagent.v1.DestroySandboxResponse
+	(*GetSandboxRequest)(nil),         // 8: wrenn.hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 9: wrenn.hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 10: wrenn.hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 11: wrenn.hostagent.v1.ListSandboxesResponse
+	(*ExecRequest)(nil),               // 12: wrenn.hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 13: wrenn.hostagent.v1.ExecResponse
+	(*PauseSandboxRequest)(nil),       // 14: wrenn.hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 15: wrenn.hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 16: wrenn.hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 17: wrenn.hostagent.v1.ResumeSandboxResponse
+	(*PingSandboxRequest)(nil),        // 18: wrenn.hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 19: wrenn.hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 20: wrenn.hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 21: wrenn.hostagent.v1.SetSandboxTimeoutResponse
+	(*ProcessSelector)(nil),           // 22: wrenn.hostagent.v1.ProcessSelector
+	(*PtySize)(nil),                   // 23: wrenn.hostagent.v1.PtySize
+	(*StartProcessRequest)(nil),       // 24: wrenn.hostagent.v1.StartProcessRequest
+	(*ProcessEvent)(nil),              // 25: wrenn.hostagent.v1.ProcessEvent
+	(*StartBackgroundResponse)(nil),   // 26: wrenn.hostagent.v1.StartBackgroundResponse
+	(*ListProcessesRequest)(nil),      // 27: wrenn.hostagent.v1.ListProcessesRequest
+	(*ProcessInfo)(nil),               // 28: wrenn.hostagent.v1.ProcessInfo
+	(*ListProcessesResponse)(nil),     // 29: wrenn.hostagent.v1.ListProcessesResponse
+	(*AttachProcessRequest)(nil),      // 30: wrenn.hostagent.v1.AttachProcessRequest
+	(*SignalProcessRequest)(nil),      // 31: wrenn.hostagent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),     // 32: wrenn.hostagent.v1.SignalProcessResponse
+	(*SendInputRequest)(nil),          // 33: wrenn.hostagent.v1.SendInputRequest
+	(*SendInputResponse)(nil),         // 34: wrenn.hostagent.v1.SendInputResponse
+	(*CloseStdinRequest)(nil),         // 35: wrenn.hostagent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),        // 36: wrenn.hostagent.v1.CloseStdinResponse
+	(*ResizePtyRequest)(nil),          // 37: wrenn.hostagent.v1.ResizePtyRequest
+	(*ResizePtyResponse)(nil),         // 38: wrenn.hostagent.v1.ResizePtyResponse
+	(*EntryInfo)(nil),                 // 39: wrenn.hostagent.v1.EntryInfo
+	(*ListDirRequest)(nil),            // 40: wrenn.hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 41: wrenn.hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 42: wrenn.hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 43: wrenn.hostagent.v1.MakeDirResponse
+	(*RemovePathRequest)(nil),         // 44: wrenn.hostagent.v1.RemovePathRequest
+	(*RemovePathResponse)(nil),        // 45: wrenn.hostagent.v1.RemovePathResponse
+	(*StatPathRequest)(nil),           // 46: wrenn.hostagent.v1.StatPathRequest
+	(*StatPathResponse)(nil),          // 47: wrenn.hostagent.v1.StatPathResponse
+	(*GetSandboxMetricsRequest)(nil),  // 48: wrenn.hostagent.v1.GetSandboxMetricsRequest
+	(*MetricSample)(nil),              // 49: wrenn.hostagent.v1.MetricSample
+	(*GetSandboxMetricsResponse)(nil), // 50: wrenn.hostagent.v1.GetSandboxMetricsResponse
+	nil,                               // 51: wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
+	nil,                               // 52: wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	nil,                               // 53: wrenn.hostagent.v1.StartProcessRequest.EnvsEntry
+	(*ProcessEvent_Start)(nil),        // 54: wrenn.hostagent.v1.ProcessEvent.Start
+	(*ProcessEvent_End)(nil),          // 55: wrenn.hostagent.v1.ProcessEvent.End
+	(*timestamppb.Timestamp)(nil),     // 56: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.Sandbox.state:type_name -> wrenn.hostagent.v1.SandboxState
-	22, // 1: wrenn.hostagent.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
-	20, // 2: wrenn.hostagent.v1.CreateSandboxRequest.envs:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
-	1,  // 3: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	1,  // 4: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	1,  // 5: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.Sandbox
-	21, // 6: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	1,  // 7: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	1,  // 8: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	2,  // 9: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	4,  // 10: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	6,  // 11: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	8,  // 12: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	10, // 13: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	12, // 14: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
-	14, // 15: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
-	16, // 16: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
-	18, // 17: wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> wrenn.hostagent.v1.SetSandboxTimeoutRequest
-	3,  // 18: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	5,  // 19: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	7,  // 20: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	9,  // 21: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	11, // 22: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	13, // 23: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
-	15, // 24: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
-	17, // 25: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
-	19, // 26: wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> wrenn.hostagent.v1.SetSandboxTimeoutResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	56, // 1: wrenn.hostagent.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	51, // 2: wrenn.hostagent.v1.CreateSandboxRequest.envs:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvsEntry
+	3,  // 3: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	3,  // 4: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	3,  // 5: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.Sandbox
+	52, // 6: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	3,  // 7: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	3,  // 8: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	53, // 9: wrenn.hostagent.v1.StartProcessRequest.envs:type_name -> wrenn.hostagent.v1.StartProcessRequest.EnvsEntry
+	23, // 10: wrenn.hostagent.v1.StartProcessRequest.pty:type_name -> wrenn.hostagent.v1.PtySize
+	54, // 11: wrenn.hostagent.v1.ProcessEvent.start:type_name -> wrenn.hostagent.v1.ProcessEvent.Start
+	55, // 12: wrenn.hostagent.v1.ProcessEvent.end:type_name -> wrenn.hostagent.v1.ProcessEvent.End
+	28, // 13: wrenn.hostagent.v1.ListProcessesResponse.processes:type_name -> wrenn.hostagent.v1.ProcessInfo
+	22, // 14: wrenn.hostagent.v1.AttachProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	22, // 15: wrenn.hostagent.v1.SignalProcessRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	1,  // 16: wrenn.hostagent.v1.SignalProcessRequest.signal:type_name -> wrenn.hostagent.v1.Signal
+	22, // 17: wrenn.hostagent.v1.SendInputRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	22, // 18: wrenn.hostagent.v1.CloseStdinRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	22, // 19: wrenn.hostagent.v1.ResizePtyRequest.process:type_name -> wrenn.hostagent.v1.ProcessSelector
+	23, // 20: wrenn.hostagent.v1.ResizePtyRequest.size:type_name -> wrenn.hostagent.v1.PtySize
+	2,  // 21: wrenn.hostagent.v1.EntryInfo.type:type_name -> wrenn.hostagent.v1.FileType
+	56, // 22: wrenn.hostagent.v1.EntryInfo.modified_time:type_name -> google.protobuf.Timestamp
+	39, // 23: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.EntryInfo
+	39, // 24: wrenn.hostagent.v1.MakeDirResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
+	39, // 25: wrenn.hostagent.v1.StatPathResponse.entry:type_name -> wrenn.hostagent.v1.EntryInfo
+	56, // 26: wrenn.hostagent.v1.GetSandboxMetricsRequest.since:type_name -> google.protobuf.Timestamp
+	56, // 27: wrenn.hostagent.v1.MetricSample.time:type_name -> google.protobuf.Timestamp
+	49, // 28: wrenn.hostagent.v1.GetSandboxMetricsResponse.samples:type_name -> wrenn.hostagent.v1.MetricSample
+	4,  // 29: wrenn.hostagent.v1.HostAgentService.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	6,  // 30: wrenn.hostagent.v1.HostAgentService.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	8,  // 31: wrenn.hostagent.v1.HostAgentService.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	10, // 32: wrenn.hostagent.v1.HostAgentService.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	12, // 33: wrenn.hostagent.v1.HostAgentService.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	14, // 34: wrenn.hostagent.v1.HostAgentService.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	16, // 35: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	18, // 36: wrenn.hostagent.v1.HostAgentService.PingSandbox:input_type -> wrenn.hostagent.v1.PingSandboxRequest
+	20, // 37: wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout:input_type -> wrenn.hostagent.v1.SetSandboxTimeoutRequest
+	24, // 38: wrenn.hostagent.v1.HostAgentService.StartProcess:input_type -> wrenn.hostagent.v1.StartProcessRequest
+	24, // 39: wrenn.hostagent.v1.HostAgentService.StartBackground:input_type -> wrenn.hostagent.v1.StartProcessRequest
+	27, // 40: wrenn.hostagent.v1.HostAgentService.ListProcesses:input_type -> wrenn.hostagent.v1.ListProcessesRequest
+	30, // 41: wrenn.hostagent.v1.HostAgentService.AttachProcess:input_type -> wrenn.hostagent.v1.AttachProcessRequest
+	31, // 42: wrenn.hostagent.v1.HostAgentService.SignalProcess:input_type -> wrenn.hostagent.v1.SignalProcessRequest
+	33, // 43: wrenn.hostagent.v1.HostAgentService.SendInput:input_type -> wrenn.hostagent.v1.SendInputRequest
+	35, // 44: wrenn.hostagent.v1.HostAgentService.CloseStdin:input_type -> wrenn.hostagent.v1.CloseStdinRequest
+	37, // 45: wrenn.hostagent.v1.HostAgentService.ResizePty:input_type -> wrenn.hostagent.v1.ResizePtyRequest
+	40, // 46: wrenn.hostagent.v1.HostAgentService.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
+	42, // 47: wrenn.hostagent.v1.HostAgentService.MakeDir:input_type -> wrenn.hostagent.v1.MakeDirRequest
+	44, // 48: wrenn.hostagent.v1.HostAgentService.RemovePath:input_type -> wrenn.hostagent.v1.RemovePathRequest
+	46, // 49: wrenn.hostagent.v1.HostAgentService.StatPath:input_type -> wrenn.hostagent.v1.StatPathRequest
+	48, // 50: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:input_type -> wrenn.hostagent.v1.GetSandboxMetricsRequest
+	5,  // 51: wrenn.hostagent.v1.HostAgentService.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	7,  // 52: wrenn.hostagent.v1.HostAgentService.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	9,  // 53: wrenn.hostagent.v1.HostAgentService.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	11, // 54: wrenn.hostagent.v1.HostAgentService.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	13, // 55: wrenn.hostagent.v1.HostAgentService.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	15, // 56: wrenn.hostagent.v1.HostAgentService.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	17, // 57: wrenn.hostagent.v1.HostAgentService.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	19, // 58: wrenn.hostagent.v1.HostAgentService.PingSandbox:output_type -> wrenn.hostagent.v1.PingSandboxResponse
+	21, // 59: wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout:output_type -> wrenn.hostagent.v1.SetSandboxTimeoutResponse
+	25, // 60: wrenn.hostagent.v1.HostAgentService.StartProcess:output_type -> wrenn.hostagent.v1.ProcessEvent
+	26, // 61: wrenn.hostagent.v1.HostAgentService.StartBackground:output_type -> wrenn.hostagent.v1.StartBackgroundResponse
+	29, // 62: wrenn.hostagent.v1.HostAgentService.ListProcesses:output_type -> wrenn.hostagent.v1.ListProcessesResponse
+	25, // 63: wrenn.hostagent.v1.HostAgentService.AttachProcess:output_type -> wrenn.hostagent.v1.ProcessEvent
+	32, // 64: wrenn.hostagent.v1.HostAgentService.SignalProcess:output_type -> wrenn.hostagent.v1.SignalProcessResponse
+	34, // 65: wrenn.hostagent.v1.HostAgentService.SendInput:output_type -> wrenn.hostagent.v1.SendInputResponse
+	36, // 66: wrenn.hostagent.v1.HostAgentService.CloseStdin:output_type -> wrenn.hostagent.v1.CloseStdinResponse
+	38, // 67: wrenn.hostagent.v1.HostAgentService.ResizePty:output_type -> wrenn.hostagent.v1.ResizePtyResponse
+	41, // 68: wrenn.hostagent.v1.HostAgentService.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
+	43, // 69: wrenn.hostagent.v1.HostAgentService.MakeDir:output_type -> wrenn.hostagent.v1.MakeDirResponse
+	45, // 70: wrenn.hostagent.v1.HostAgentService.RemovePath:output_type -> wrenn.hostagent.v1.RemovePathResponse
+	47, // 71: wrenn.hostagent.v1.HostAgentService.StatPath:output_type -> wrenn.hostagent.v1.StatPathResponse
+	50, // 72: wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics:output_type -> wrenn.hostagent.v1.GetSandboxMetricsResponse
+	51, // [51:73] is the sub-list for method output_type
+	29, // [29:51] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -1316,13 +3491,24 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
+	file_hostagent_v1_hostagent_proto_msgTypes[19].OneofWrappers = []any{
+		(*ProcessSelector_Pid)(nil),
+		(*ProcessSelector_Tag)(nil),
+	}
+	file_hostagent_v1_hostagent_proto_msgTypes[22].OneofWrappers = []any{
+		(*ProcessEvent_Start_)(nil),
+		(*ProcessEvent_Stdout)(nil),
+		(*ProcessEvent_Stderr)(nil),
+		(*ProcessEvent_Pty)(nil),
+		(*ProcessEvent_End_)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   21,
+			NumEnums:      3,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

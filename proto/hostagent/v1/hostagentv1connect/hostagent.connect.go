@@ -63,6 +63,45 @@ const (
 	// HostAgentServiceSetSandboxTimeoutProcedure is the fully-qualified name of the HostAgentService's
 	// SetSandboxTimeout RPC.
 	HostAgentServiceSetSandboxTimeoutProcedure = "/wrenn.hostagent.v1.HostAgentService/SetSandboxTimeout"
+	// HostAgentServiceStartProcessProcedure is the fully-qualified name of the HostAgentService's
+	// StartProcess RPC.
+	HostAgentServiceStartProcessProcedure = "/wrenn.hostagent.v1.HostAgentService/StartProcess"
+	// HostAgentServiceStartBackgroundProcedure is the fully-qualified name of the HostAgentService's
+	// StartBackground RPC.
+	HostAgentServiceStartBackgroundProcedure = "/wrenn.hostagent.v1.HostAgentService/StartBackground"
+	// HostAgentServiceListProcessesProcedure is the fully-qualified name of the HostAgentService's
+	// ListProcesses RPC.
+	HostAgentServiceListProcessesProcedure = "/wrenn.hostagent.v1.HostAgentService/ListProcesses"
+	// HostAgentServiceAttachProcessProcedure is the fully-qualified name of the HostAgentService's
+	// AttachProcess RPC.
+	HostAgentServiceAttachProcessProcedure = "/wrenn.hostagent.v1.HostAgentService/AttachProcess"
+	// HostAgentServiceSignalProcessProcedure is the fully-qualified name of the HostAgentService's
+	// SignalProcess RPC.
+	HostAgentServiceSignalProcessProcedure = "/wrenn.hostagent.v1.HostAgentService/SignalProcess"
+	// HostAgentServiceSendInputProcedure is the fully-qualified name of the HostAgentService's
+	// SendInput RPC.
+	HostAgentServiceSendInputProcedure = "/wrenn.hostagent.v1.HostAgentService/SendInput"
+	// HostAgentServiceCloseStdinProcedure is the fully-qualified name of the HostAgentService's
+	// CloseStdin RPC.
+	HostAgentServiceCloseStdinProcedure = "/wrenn.hostagent.v1.HostAgentService/CloseStdin"
+	// HostAgentServiceResizePtyProcedure is the fully-qualified name of the HostAgentService's
+	// ResizePty RPC.
+	HostAgentServiceResizePtyProcedure = "/wrenn.hostagent.v1.HostAgentService/ResizePty"
+	// HostAgentServiceListDirProcedure is the fully-qualified name of the HostAgentService's ListDir
+	// RPC.
+	HostAgentServiceListDirProcedure = "/wrenn.hostagent.v1.HostAgentService/ListDir"
+	// HostAgentServiceMakeDirProcedure is the fully-qualified name of the HostAgentService's MakeDir
+	// RPC.
+	HostAgentServiceMakeDirProcedure = "/wrenn.hostagent.v1.HostAgentService/MakeDir"
+	// HostAgentServiceRemovePathProcedure is the fully-qualified name of the HostAgentService's
+	// RemovePath RPC.
+	HostAgentServiceRemovePathProcedure = "/wrenn.hostagent.v1.HostAgentService/RemovePath"
+	// HostAgentServiceStatPathProcedure is the fully-qualified name of the HostAgentService's StatPath
+	// RPC.
+	HostAgentServiceStatPathProcedure = "/wrenn.hostagent.v1.HostAgentService/StatPath"
+	// HostAgentServiceGetSandboxMetricsProcedure is the fully-qualified name of the HostAgentService's
+	// GetSandboxMetrics RPC.
+	HostAgentServiceGetSandboxMetricsProcedure = "/wrenn.hostagent.v1.HostAgentService/GetSandboxMetrics"
 )
 
 // HostAgentServiceClient is a client for the wrenn.hostagent.v1.HostAgentService service.
@@ -92,6 +131,34 @@ type HostAgentServiceClient interface {
 	// SetSandboxTimeout replaces the sandbox's inactivity timeout and restarts
 	// its timer; 0 means the agent never pauses it for inactivity.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
+	// StartProcess starts a process (a PTY when pty is set) and streams its
+	// events: start (pid) first, then output, then end with the exit code.
+	// The process keeps running if the stream is dropped; attach again with
+	// AttachProcess. Every RPC below refuses a sandbox that is not running
+	// with FailedPrecondition and counts as activity while it lasts.
+	StartProcess(context.Context, *connect.Request[v1.StartProcessRequest]) (*connect.ServerStreamForClient[v1.ProcessEvent], error)
+	// StartBackground starts a process and returns its pid once it runs.
+	StartBackground(context.Context, *connect.Request[v1.StartProcessRequest]) (*connect.Response[v1.StartBackgroundResponse], error)
+	ListProcesses(context.Context, *connect.Request[v1.ListProcessesRequest]) (*connect.Response[v1.ListProcessesResponse], error)
+	// AttachProcess streams a running process's events from now on (a start
+	// event with its pid first).
+	AttachProcess(context.Context, *connect.Request[v1.AttachProcessRequest]) (*connect.ServerStreamForClient[v1.ProcessEvent], error)
+	// SignalProcess sends SIGTERM or SIGKILL.
+	SignalProcess(context.Context, *connect.Request[v1.SignalProcessRequest]) (*connect.Response[v1.SignalProcessResponse], error)
+	// SendInput writes to a process's stdin, or to its terminal when pty.
+	SendInput(context.Context, *connect.Request[v1.SendInputRequest]) (*connect.Response[v1.SendInputResponse], error)
+	CloseStdin(context.Context, *connect.Request[v1.CloseStdinRequest]) (*connect.Response[v1.CloseStdinResponse], error)
+	ResizePty(context.Context, *connect.Request[v1.ResizePtyRequest]) (*connect.Response[v1.ResizePtyResponse], error)
+	// File contents travel over the agent's HTTP route
+	// GET/PUT /sandboxes/{id}/files?path=&user= instead of RPCs: Connect
+	// client streaming needs HTTP/2, and agent links are HTTP/1.1 only.
+	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
+	MakeDir(context.Context, *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error)
+	RemovePath(context.Context, *connect.Request[v1.RemovePathRequest]) (*connect.Response[v1.RemovePathResponse], error)
+	StatPath(context.Context, *connect.Request[v1.StatPathRequest]) (*connect.Response[v1.StatPathResponse], error)
+	// GetSandboxMetrics returns the samples taken since `since` (all the
+	// ring holds when unset), oldest first.
+	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 }
 
 // NewHostAgentServiceClient constructs a client for the wrenn.hostagent.v1.HostAgentService
@@ -159,6 +226,84 @@ func NewHostAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(hostAgentServiceMethods.ByName("SetSandboxTimeout")),
 			connect.WithClientOptions(opts...),
 		),
+		startProcess: connect.NewClient[v1.StartProcessRequest, v1.ProcessEvent](
+			httpClient,
+			baseURL+HostAgentServiceStartProcessProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("StartProcess")),
+			connect.WithClientOptions(opts...),
+		),
+		startBackground: connect.NewClient[v1.StartProcessRequest, v1.StartBackgroundResponse](
+			httpClient,
+			baseURL+HostAgentServiceStartBackgroundProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("StartBackground")),
+			connect.WithClientOptions(opts...),
+		),
+		listProcesses: connect.NewClient[v1.ListProcessesRequest, v1.ListProcessesResponse](
+			httpClient,
+			baseURL+HostAgentServiceListProcessesProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ListProcesses")),
+			connect.WithClientOptions(opts...),
+		),
+		attachProcess: connect.NewClient[v1.AttachProcessRequest, v1.ProcessEvent](
+			httpClient,
+			baseURL+HostAgentServiceAttachProcessProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("AttachProcess")),
+			connect.WithClientOptions(opts...),
+		),
+		signalProcess: connect.NewClient[v1.SignalProcessRequest, v1.SignalProcessResponse](
+			httpClient,
+			baseURL+HostAgentServiceSignalProcessProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("SignalProcess")),
+			connect.WithClientOptions(opts...),
+		),
+		sendInput: connect.NewClient[v1.SendInputRequest, v1.SendInputResponse](
+			httpClient,
+			baseURL+HostAgentServiceSendInputProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("SendInput")),
+			connect.WithClientOptions(opts...),
+		),
+		closeStdin: connect.NewClient[v1.CloseStdinRequest, v1.CloseStdinResponse](
+			httpClient,
+			baseURL+HostAgentServiceCloseStdinProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("CloseStdin")),
+			connect.WithClientOptions(opts...),
+		),
+		resizePty: connect.NewClient[v1.ResizePtyRequest, v1.ResizePtyResponse](
+			httpClient,
+			baseURL+HostAgentServiceResizePtyProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ResizePty")),
+			connect.WithClientOptions(opts...),
+		),
+		listDir: connect.NewClient[v1.ListDirRequest, v1.ListDirResponse](
+			httpClient,
+			baseURL+HostAgentServiceListDirProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("ListDir")),
+			connect.WithClientOptions(opts...),
+		),
+		makeDir: connect.NewClient[v1.MakeDirRequest, v1.MakeDirResponse](
+			httpClient,
+			baseURL+HostAgentServiceMakeDirProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("MakeDir")),
+			connect.WithClientOptions(opts...),
+		),
+		removePath: connect.NewClient[v1.RemovePathRequest, v1.RemovePathResponse](
+			httpClient,
+			baseURL+HostAgentServiceRemovePathProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("RemovePath")),
+			connect.WithClientOptions(opts...),
+		),
+		statPath: connect.NewClient[v1.StatPathRequest, v1.StatPathResponse](
+			httpClient,
+			baseURL+HostAgentServiceStatPathProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("StatPath")),
+			connect.WithClientOptions(opts...),
+		),
+		getSandboxMetrics: connect.NewClient[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse](
+			httpClient,
+			baseURL+HostAgentServiceGetSandboxMetricsProcedure,
+			connect.WithSchema(hostAgentServiceMethods.ByName("GetSandboxMetrics")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -173,6 +318,19 @@ type hostAgentServiceClient struct {
 	resumeSandbox     *connect.Client[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse]
 	pingSandbox       *connect.Client[v1.PingSandboxRequest, v1.PingSandboxResponse]
 	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
+	startProcess      *connect.Client[v1.StartProcessRequest, v1.ProcessEvent]
+	startBackground   *connect.Client[v1.StartProcessRequest, v1.StartBackgroundResponse]
+	listProcesses     *connect.Client[v1.ListProcessesRequest, v1.ListProcessesResponse]
+	attachProcess     *connect.Client[v1.AttachProcessRequest, v1.ProcessEvent]
+	signalProcess     *connect.Client[v1.SignalProcessRequest, v1.SignalProcessResponse]
+	sendInput         *connect.Client[v1.SendInputRequest, v1.SendInputResponse]
+	closeStdin        *connect.Client[v1.CloseStdinRequest, v1.CloseStdinResponse]
+	resizePty         *connect.Client[v1.ResizePtyRequest, v1.ResizePtyResponse]
+	listDir           *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
+	makeDir           *connect.Client[v1.MakeDirRequest, v1.MakeDirResponse]
+	removePath        *connect.Client[v1.RemovePathRequest, v1.RemovePathResponse]
+	statPath          *connect.Client[v1.StatPathRequest, v1.StatPathResponse]
+	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
 }
 
 // CreateSandbox calls wrenn.hostagent.v1.HostAgentService.CreateSandbox.
@@ -220,6 +378,71 @@ func (c *hostAgentServiceClient) SetSandboxTimeout(ctx context.Context, req *con
 	return c.setSandboxTimeout.CallUnary(ctx, req)
 }
 
+// StartProcess calls wrenn.hostagent.v1.HostAgentService.StartProcess.
+func (c *hostAgentServiceClient) StartProcess(ctx context.Context, req *connect.Request[v1.StartProcessRequest]) (*connect.ServerStreamForClient[v1.ProcessEvent], error) {
+	return c.startProcess.CallServerStream(ctx, req)
+}
+
+// StartBackground calls wrenn.hostagent.v1.HostAgentService.StartBackground.
+func (c *hostAgentServiceClient) StartBackground(ctx context.Context, req *connect.Request[v1.StartProcessRequest]) (*connect.Response[v1.StartBackgroundResponse], error) {
+	return c.startBackground.CallUnary(ctx, req)
+}
+
+// ListProcesses calls wrenn.hostagent.v1.HostAgentService.ListProcesses.
+func (c *hostAgentServiceClient) ListProcesses(ctx context.Context, req *connect.Request[v1.ListProcessesRequest]) (*connect.Response[v1.ListProcessesResponse], error) {
+	return c.listProcesses.CallUnary(ctx, req)
+}
+
+// AttachProcess calls wrenn.hostagent.v1.HostAgentService.AttachProcess.
+func (c *hostAgentServiceClient) AttachProcess(ctx context.Context, req *connect.Request[v1.AttachProcessRequest]) (*connect.ServerStreamForClient[v1.ProcessEvent], error) {
+	return c.attachProcess.CallServerStream(ctx, req)
+}
+
+// SignalProcess calls wrenn.hostagent.v1.HostAgentService.SignalProcess.
+func (c *hostAgentServiceClient) SignalProcess(ctx context.Context, req *connect.Request[v1.SignalProcessRequest]) (*connect.Response[v1.SignalProcessResponse], error) {
+	return c.signalProcess.CallUnary(ctx, req)
+}
+
+// SendInput calls wrenn.hostagent.v1.HostAgentService.SendInput.
+func (c *hostAgentServiceClient) SendInput(ctx context.Context, req *connect.Request[v1.SendInputRequest]) (*connect.Response[v1.SendInputResponse], error) {
+	return c.sendInput.CallUnary(ctx, req)
+}
+
+// CloseStdin calls wrenn.hostagent.v1.HostAgentService.CloseStdin.
+func (c *hostAgentServiceClient) CloseStdin(ctx context.Context, req *connect.Request[v1.CloseStdinRequest]) (*connect.Response[v1.CloseStdinResponse], error) {
+	return c.closeStdin.CallUnary(ctx, req)
+}
+
+// ResizePty calls wrenn.hostagent.v1.HostAgentService.ResizePty.
+func (c *hostAgentServiceClient) ResizePty(ctx context.Context, req *connect.Request[v1.ResizePtyRequest]) (*connect.Response[v1.ResizePtyResponse], error) {
+	return c.resizePty.CallUnary(ctx, req)
+}
+
+// ListDir calls wrenn.hostagent.v1.HostAgentService.ListDir.
+func (c *hostAgentServiceClient) ListDir(ctx context.Context, req *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
+	return c.listDir.CallUnary(ctx, req)
+}
+
+// MakeDir calls wrenn.hostagent.v1.HostAgentService.MakeDir.
+func (c *hostAgentServiceClient) MakeDir(ctx context.Context, req *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error) {
+	return c.makeDir.CallUnary(ctx, req)
+}
+
+// RemovePath calls wrenn.hostagent.v1.HostAgentService.RemovePath.
+func (c *hostAgentServiceClient) RemovePath(ctx context.Context, req *connect.Request[v1.RemovePathRequest]) (*connect.Response[v1.RemovePathResponse], error) {
+	return c.removePath.CallUnary(ctx, req)
+}
+
+// StatPath calls wrenn.hostagent.v1.HostAgentService.StatPath.
+func (c *hostAgentServiceClient) StatPath(ctx context.Context, req *connect.Request[v1.StatPathRequest]) (*connect.Response[v1.StatPathResponse], error) {
+	return c.statPath.CallUnary(ctx, req)
+}
+
+// GetSandboxMetrics calls wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics.
+func (c *hostAgentServiceClient) GetSandboxMetrics(ctx context.Context, req *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
+	return c.getSandboxMetrics.CallUnary(ctx, req)
+}
+
 // HostAgentServiceHandler is an implementation of the wrenn.hostagent.v1.HostAgentService service.
 type HostAgentServiceHandler interface {
 	// CreateSandbox boots a sandbox and returns once envd inside it answers.
@@ -247,6 +470,34 @@ type HostAgentServiceHandler interface {
 	// SetSandboxTimeout replaces the sandbox's inactivity timeout and restarts
 	// its timer; 0 means the agent never pauses it for inactivity.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
+	// StartProcess starts a process (a PTY when pty is set) and streams its
+	// events: start (pid) first, then output, then end with the exit code.
+	// The process keeps running if the stream is dropped; attach again with
+	// AttachProcess. Every RPC below refuses a sandbox that is not running
+	// with FailedPrecondition and counts as activity while it lasts.
+	StartProcess(context.Context, *connect.Request[v1.StartProcessRequest], *connect.ServerStream[v1.ProcessEvent]) error
+	// StartBackground starts a process and returns its pid once it runs.
+	StartBackground(context.Context, *connect.Request[v1.StartProcessRequest]) (*connect.Response[v1.StartBackgroundResponse], error)
+	ListProcesses(context.Context, *connect.Request[v1.ListProcessesRequest]) (*connect.Response[v1.ListProcessesResponse], error)
+	// AttachProcess streams a running process's events from now on (a start
+	// event with its pid first).
+	AttachProcess(context.Context, *connect.Request[v1.AttachProcessRequest], *connect.ServerStream[v1.ProcessEvent]) error
+	// SignalProcess sends SIGTERM or SIGKILL.
+	SignalProcess(context.Context, *connect.Request[v1.SignalProcessRequest]) (*connect.Response[v1.SignalProcessResponse], error)
+	// SendInput writes to a process's stdin, or to its terminal when pty.
+	SendInput(context.Context, *connect.Request[v1.SendInputRequest]) (*connect.Response[v1.SendInputResponse], error)
+	CloseStdin(context.Context, *connect.Request[v1.CloseStdinRequest]) (*connect.Response[v1.CloseStdinResponse], error)
+	ResizePty(context.Context, *connect.Request[v1.ResizePtyRequest]) (*connect.Response[v1.ResizePtyResponse], error)
+	// File contents travel over the agent's HTTP route
+	// GET/PUT /sandboxes/{id}/files?path=&user= instead of RPCs: Connect
+	// client streaming needs HTTP/2, and agent links are HTTP/1.1 only.
+	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
+	MakeDir(context.Context, *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error)
+	RemovePath(context.Context, *connect.Request[v1.RemovePathRequest]) (*connect.Response[v1.RemovePathResponse], error)
+	StatPath(context.Context, *connect.Request[v1.StatPathRequest]) (*connect.Response[v1.StatPathResponse], error)
+	// GetSandboxMetrics returns the samples taken since `since` (all the
+	// ring holds when unset), oldest first.
+	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 }
 
 // NewHostAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -310,6 +561,84 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(hostAgentServiceMethods.ByName("SetSandboxTimeout")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentServiceStartProcessHandler := connect.NewServerStreamHandler(
+		HostAgentServiceStartProcessProcedure,
+		svc.StartProcess,
+		connect.WithSchema(hostAgentServiceMethods.ByName("StartProcess")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceStartBackgroundHandler := connect.NewUnaryHandler(
+		HostAgentServiceStartBackgroundProcedure,
+		svc.StartBackground,
+		connect.WithSchema(hostAgentServiceMethods.ByName("StartBackground")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceListProcessesHandler := connect.NewUnaryHandler(
+		HostAgentServiceListProcessesProcedure,
+		svc.ListProcesses,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ListProcesses")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceAttachProcessHandler := connect.NewServerStreamHandler(
+		HostAgentServiceAttachProcessProcedure,
+		svc.AttachProcess,
+		connect.WithSchema(hostAgentServiceMethods.ByName("AttachProcess")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceSignalProcessHandler := connect.NewUnaryHandler(
+		HostAgentServiceSignalProcessProcedure,
+		svc.SignalProcess,
+		connect.WithSchema(hostAgentServiceMethods.ByName("SignalProcess")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceSendInputHandler := connect.NewUnaryHandler(
+		HostAgentServiceSendInputProcedure,
+		svc.SendInput,
+		connect.WithSchema(hostAgentServiceMethods.ByName("SendInput")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceCloseStdinHandler := connect.NewUnaryHandler(
+		HostAgentServiceCloseStdinProcedure,
+		svc.CloseStdin,
+		connect.WithSchema(hostAgentServiceMethods.ByName("CloseStdin")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceResizePtyHandler := connect.NewUnaryHandler(
+		HostAgentServiceResizePtyProcedure,
+		svc.ResizePty,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ResizePty")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceListDirHandler := connect.NewUnaryHandler(
+		HostAgentServiceListDirProcedure,
+		svc.ListDir,
+		connect.WithSchema(hostAgentServiceMethods.ByName("ListDir")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceMakeDirHandler := connect.NewUnaryHandler(
+		HostAgentServiceMakeDirProcedure,
+		svc.MakeDir,
+		connect.WithSchema(hostAgentServiceMethods.ByName("MakeDir")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceRemovePathHandler := connect.NewUnaryHandler(
+		HostAgentServiceRemovePathProcedure,
+		svc.RemovePath,
+		connect.WithSchema(hostAgentServiceMethods.ByName("RemovePath")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceStatPathHandler := connect.NewUnaryHandler(
+		HostAgentServiceStatPathProcedure,
+		svc.StatPath,
+		connect.WithSchema(hostAgentServiceMethods.ByName("StatPath")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentServiceGetSandboxMetricsHandler := connect.NewUnaryHandler(
+		HostAgentServiceGetSandboxMetricsProcedure,
+		svc.GetSandboxMetrics,
+		connect.WithSchema(hostAgentServiceMethods.ByName("GetSandboxMetrics")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/wrenn.hostagent.v1.HostAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentServiceCreateSandboxProcedure:
@@ -330,6 +659,32 @@ func NewHostAgentServiceHandler(svc HostAgentServiceHandler, opts ...connect.Han
 			hostAgentServicePingSandboxHandler.ServeHTTP(w, r)
 		case HostAgentServiceSetSandboxTimeoutProcedure:
 			hostAgentServiceSetSandboxTimeoutHandler.ServeHTTP(w, r)
+		case HostAgentServiceStartProcessProcedure:
+			hostAgentServiceStartProcessHandler.ServeHTTP(w, r)
+		case HostAgentServiceStartBackgroundProcedure:
+			hostAgentServiceStartBackgroundHandler.ServeHTTP(w, r)
+		case HostAgentServiceListProcessesProcedure:
+			hostAgentServiceListProcessesHandler.ServeHTTP(w, r)
+		case HostAgentServiceAttachProcessProcedure:
+			hostAgentServiceAttachProcessHandler.ServeHTTP(w, r)
+		case HostAgentServiceSignalProcessProcedure:
+			hostAgentServiceSignalProcessHandler.ServeHTTP(w, r)
+		case HostAgentServiceSendInputProcedure:
+			hostAgentServiceSendInputHandler.ServeHTTP(w, r)
+		case HostAgentServiceCloseStdinProcedure:
+			hostAgentServiceCloseStdinHandler.ServeHTTP(w, r)
+		case HostAgentServiceResizePtyProcedure:
+			hostAgentServiceResizePtyHandler.ServeHTTP(w, r)
+		case HostAgentServiceListDirProcedure:
+			hostAgentServiceListDirHandler.ServeHTTP(w, r)
+		case HostAgentServiceMakeDirProcedure:
+			hostAgentServiceMakeDirHandler.ServeHTTP(w, r)
+		case HostAgentServiceRemovePathProcedure:
+			hostAgentServiceRemovePathHandler.ServeHTTP(w, r)
+		case HostAgentServiceStatPathProcedure:
+			hostAgentServiceStatPathHandler.ServeHTTP(w, r)
+		case HostAgentServiceGetSandboxMetricsProcedure:
+			hostAgentServiceGetSandboxMetricsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -373,4 +728,56 @@ func (UnimplementedHostAgentServiceHandler) PingSandbox(context.Context, *connec
 
 func (UnimplementedHostAgentServiceHandler) SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.SetSandboxTimeout is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) StartProcess(context.Context, *connect.Request[v1.StartProcessRequest], *connect.ServerStream[v1.ProcessEvent]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.StartProcess is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) StartBackground(context.Context, *connect.Request[v1.StartProcessRequest]) (*connect.Response[v1.StartBackgroundResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.StartBackground is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ListProcesses(context.Context, *connect.Request[v1.ListProcessesRequest]) (*connect.Response[v1.ListProcessesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.ListProcesses is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) AttachProcess(context.Context, *connect.Request[v1.AttachProcessRequest], *connect.ServerStream[v1.ProcessEvent]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.AttachProcess is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) SignalProcess(context.Context, *connect.Request[v1.SignalProcessRequest]) (*connect.Response[v1.SignalProcessResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.SignalProcess is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) SendInput(context.Context, *connect.Request[v1.SendInputRequest]) (*connect.Response[v1.SendInputResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.SendInput is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) CloseStdin(context.Context, *connect.Request[v1.CloseStdinRequest]) (*connect.Response[v1.CloseStdinResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.CloseStdin is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ResizePty(context.Context, *connect.Request[v1.ResizePtyRequest]) (*connect.Response[v1.ResizePtyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.ResizePty is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.ListDir is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) MakeDir(context.Context, *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.MakeDir is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) RemovePath(context.Context, *connect.Request[v1.RemovePathRequest]) (*connect.Response[v1.RemovePathResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.RemovePath is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) StatPath(context.Context, *connect.Request[v1.StatPathRequest]) (*connect.Response[v1.StatPathResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.StatPath is not implemented"))
+}
+
+func (UnimplementedHostAgentServiceHandler) GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgentService.GetSandboxMetrics is not implemented"))
 }
