@@ -65,6 +65,7 @@ func (p *Pool) Agent(hostID, address string) (Agent, error) {
 	}
 	a := &connectAgent{
 		address: address,
+		http:    p.client,
 		rpc:     hostagentv1connect.NewHostAgentServiceClient(p.client, address),
 	}
 	p.hosts[hostID] = a
@@ -86,7 +87,9 @@ func (p *Pool) Close() {
 // connectAgent implements Agent over Connect.
 type connectAgent struct {
 	address string
-	rpc     hostagentv1connect.HostAgentServiceClient
+	// http carries the agent's plain HTTP routes (file contents).
+	http *http.Client
+	rpc  hostagentv1connect.HostAgentServiceClient
 }
 
 var _ Agent = (*connectAgent)(nil)

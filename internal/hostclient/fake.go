@@ -16,6 +16,8 @@ type Fake struct {
 	calls      map[string]int
 	autoPaused []string
 	timeouts   map[string]uint32
+	// inside holds processes and files per sandbox (fake_interactive.go).
+	inside map[string]*fakeSandboxData
 
 	// OnCreate, OnDestroy and OnExec run first; a non-nil error fails the
 	// call with it.

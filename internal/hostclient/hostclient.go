@@ -36,6 +36,8 @@ type Agent interface {
 	// SetSandboxTimeout replaces the inactivity timeout (0: never
 	// auto-pause) and restarts the timer.
 	SetSandboxTimeout(ctx context.Context, sandboxID string, timeoutSec uint32) error
+	// Interactive holds the process, terminal, file and metrics calls.
+	Interactive
 }
 
 // Listing is a host's live sandbox list. AutoPausedIDs names the sandboxes
