@@ -135,6 +135,9 @@ type Manager struct {
 	// autoPaused holds ids paused for inactivity since the last
 	// TakeAutoPaused, in the order they were paused.
 	autoPaused []string
+	// onRemove is called with the id of every sandbox a destroy took out of
+	// the table (caches keyed by sandbox, such as the port proxy's).
+	onRemove []func(sandboxID string)
 
 	// reports tracks event deliveries in flight; reportCtx ends them when
 	// the manager stops.
@@ -367,12 +370,25 @@ func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) error {
 	if m.sandboxes[sb.ID] == sb {
 		delete(m.sandboxes, sb.ID)
 	}
+	hooks := m.onRemove
 	m.mu.Unlock()
+	for _, fn := range hooks {
+		fn(sb.ID)
+	}
 	if err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
 	}
 	m.log.Info("sandbox destroyed", "sandbox_id", sb.ID)
 	return nil
+}
+
+// OnRemove registers fn to be called with a sandbox's id after a destroy
+// took it out of the table, on every destroy path (API, failed auto-pause,
+// death). fn runs under the sandbox's lifecycle lock and must not block.
+func (m *Manager) OnRemove(fn func(sandboxID string)) {
+	m.mu.Lock()
+	m.onRemove = append(m.onRemove, fn)
+	m.mu.Unlock()
 }
 
 // Get returns a sandbox of the table.
