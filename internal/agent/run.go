@@ -93,13 +93,17 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	mux.Handle(path, handler)
 	mux.Handle(FilesRoutePattern, svc.FilesHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	// The port proxy sees requests before the mux, which would clean their
+	// paths (see PortProxy.Handler).
+	portProxy := NewPortProxy(mgr, log, nil)
+	defer portProxy.Close()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           portProxy.Handler(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       620 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
