@@ -112,6 +112,10 @@ type ControlPlane struct {
 	// (WRENN_CPU_OVERCOMMIT, default 1.5). A sandbox's vCPUs are a CPU quota,
 	// not a reservation, so hosts of mostly idle sandboxes can take more.
 	CPUOvercommit float64
+	// Domain is the parent domain of port URLs (WRENN_DOMAIN, optional, e.g.
+	// sandbox.localhost): {port}-{sandbox_id}.{Domain} reaches that port of
+	// the sandbox. Empty: only the E2b-Sandbox-Id/-Port header pair routes.
+	Domain string
 }
 
 // LoadControlPlane reads and validates the control plane's configuration.
@@ -135,6 +139,10 @@ func LoadControlPlane(env Lookup) (ControlPlane, error) {
 		c.CPUOvercommit = f
 	}
 	checkURL(&p, "WRENN_PUBLIC_URL", c.PublicURL, "http", "https")
+	c.Domain = strings.TrimSuffix(strings.ToLower(str(env, "WRENN_DOMAIN", "")), ".")
+	if c.Domain != "" && !validDomain(c.Domain) {
+		p.addf("WRENN_DOMAIN %q must be a DNS name such as sandbox.localhost (no scheme, port or path)", c.Domain)
+	}
 	if c.DatabaseURL == "" {
 		p.addf("DATABASE_URL is required (for example postgres://wrenn:secret@127.0.0.1:5432/wrenn)")
 	} else {
@@ -154,6 +162,25 @@ func LoadControlPlane(env Lookup) (ControlPlane, error) {
 	}
 	c.LogLevel = lvl
 	return c, p.err()
+}
+
+// validDomain accepts dot-separated DNS labels of letters, digits and
+// hyphens, each 1 to 63 long and not starting or ending with a hyphen.
+func validDomain(d string) bool {
+	if len(d) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(d, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // ValidAPIKey reports whether s has the shape of a Wrenn API key.
