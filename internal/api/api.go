@@ -58,6 +58,9 @@ type Deps struct {
 	// PasswordParams are argon2id's costs for new password hashes; nil
 	// means auth.DefaultParams. Tests lower them.
 	PasswordParams *auth.Params
+	// MaxUploadBytes bounds one file upload (PUT .../files); larger bodies
+	// are 413. 0 means DefaultMaxUploadBytes.
+	MaxUploadBytes int64
 }
 
 // API serves the REST API and owns the background work it starts.
@@ -136,6 +139,7 @@ func (a *API) Routes(r chi.Router) {
 			r.Post("/sandboxes/{id}/resume", a.resumeSandbox)
 			r.Post("/sandboxes/{id}/ping", a.pingSandbox)
 			r.Post("/sandboxes/{id}/timeout", a.setTimeout)
+			a.interactiveRoutes(r)
 			r.Group(func(r chi.Router) {
 				r.Use(requireAdmin)
 				r.Post("/admin/hosts", a.createHost)

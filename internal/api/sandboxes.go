@@ -393,6 +393,10 @@ type execRequest struct {
 	Cwd        string            `json:"cwd"`
 	User       string            `json:"user"`
 	TimeoutSec *int              `json:"timeout_sec"`
+	// Background starts the command and answers 202 with its pid at once
+	// (processes.go); Tag names it for later lookups.
+	Background bool   `json:"background"`
+	Tag        string `json:"tag"`
 }
 
 // ExecResult is the answer of POST /v1/sandboxes/{id}/exec.
@@ -445,6 +449,12 @@ func (a *API) execSandbox(w http.ResponseWriter, r *http.Request) {
 		cmd, args = "/bin/sh", []string{"-c", req.Cmd}
 	} else {
 		args = *req.Args
+	}
+	if req.Background {
+		a.execBackground(w, r, agent, sb.ID, hostclient.ProcessRequest{
+			SandboxID: sb.ID, Cmd: cmd, Args: args, Env: req.Env, Cwd: req.Cwd, User: req.User, Tag: req.Tag,
+		})
+		return
 	}
 	// The agent enforces the command's timeout; ours only guards against a
 	// host that never answers.
