@@ -316,6 +316,7 @@ func (c *activityConn) Write(p []byte) (int, error) {
 }
 
 func writeProxyError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set(proxy.ErrorHeader, code)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httputil"
 	"sync"
 	"time"
 
@@ -58,6 +59,12 @@ type Deps struct {
 	// PasswordParams are argon2id's costs for new password hashes; nil
 	// means auth.DefaultParams. Tests lower them.
 	PasswordParams *auth.Params
+	// Domain is WRENN_DOMAIN: hosts {port}-{sandbox_id}.{Domain} are port
+	// traffic. Empty: only the E2b-Sandbox-Id/-Port headers route.
+	Domain string
+	// ProxyTransport carries port traffic to agents, apart from the RPC
+	// pool; nil means hostclient.NewProxyTransport().
+	ProxyTransport http.RoundTripper
 	// MaxUploadBytes bounds one file upload (PUT .../files); larger bodies
 	// are 413. 0 means DefaultMaxUploadBytes.
 	MaxUploadBytes int64
@@ -83,6 +90,10 @@ type API struct {
 	// streams ends when CloseStreams is called; event streams stop then.
 	streams       context.Context
 	streamsCancel context.CancelFunc
+
+	// Port proxy (proxy.go): cached agent routes and the reverse proxy.
+	portRoutes portRoutes
+	portRP     *httputil.ReverseProxy
 }
 
 // New returns an API over d.
@@ -111,13 +122,20 @@ func New(d Deps) *API {
 	}
 	base, cancel := context.WithCancel(context.Background())
 	streams, streamsCancel := context.WithCancel(context.Background())
-	return &API{d: d, q: db.New(d.DB), log: d.Logger, policy: policy, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel}
+	if d.ProxyTransport == nil {
+		d.ProxyTransport = hostclient.NewProxyTransport()
+	}
+	a := &API{d: d, q: db.New(d.DB), log: d.Logger, policy: policy, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel}
+	a.portRP = a.newPortReverseProxy(d.ProxyTransport)
+	return a
 }
 
 // Routes mounts every route of the API on r, with request ids, access logs
 // and panic recovery.
 func (a *API) Routes(r chi.Router) {
 	r.Use(a.requestContext)
+	// Port traffic is routed by host or headers, before any API route.
+	r.Use(a.portProxy)
 	r.Get("/healthz", a.healthz)
 	r.Get("/openapi.yaml", serveOpenAPI)
 	r.Route("/v1", func(r chi.Router) {

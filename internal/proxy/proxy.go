@@ -27,6 +27,11 @@ const (
 	HeaderSandboxPort = "E2b-Sandbox-Port"
 )
 
+// ErrorHeader marks an answer the agent's proxy wrote itself (its value is
+// the error code), so the control plane can tell "no such sandbox here" from
+// an application's own 404 and drop its cached route.
+const ErrorHeader = "X-Wrenn-Proxy-Error"
+
 // ErrInvalid is wrapped by every parse failure of a proxy path or host, so
 // callers answer 400 without comparing messages.
 var ErrInvalid = errors.New("invalid sandbox port address")

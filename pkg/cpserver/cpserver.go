@@ -176,7 +176,11 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		pol.CPUOvercommit = cfg.CPUOvercommit
 		placement = &pol
 	}
+	// Port traffic has a transport of its own, apart from the RPC pool.
+	proxyTransport := hostclient.NewProxyTransport()
+	defer proxyTransport.CloseIdleConnections()
 	a := api.New(api.Deps{
+		Domain: cfg.Domain, ProxyTransport: proxyTransport,
 		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement, PublicURL: cfg.PublicURL,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {

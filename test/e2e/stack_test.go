@@ -213,6 +213,7 @@ func startStack(t testing.TB, opts ...stackOption) *stack {
 		"DATABASE_URL=" + dsn,
 		"REDIS_URL=" + redisURL,
 		"WRENN_BOOTSTRAP_API_KEY=" + s.apiKey,
+		"WRENN_DOMAIN=" + proxyDomain,
 		"LOG_LEVEL=debug",
 	})
 	s.waitFor("control plane health", 30*time.Second, cp, func() bool {
