@@ -110,6 +110,10 @@ func (s *wsSession) relay(ctx context.Context, stream hostclient.ProcessStream) 
 	defer stream.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Hijacked connections are not the HTTP server's to drain: end the
+	// session when the API closes its streams for shutdown.
+	stop := context.AfterFunc(s.a.streams, cancel)
+	defer stop()
 	go func() {
 		// The stream's Recv returns once ctx ends.
 		defer cancel()

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/hostclient"
@@ -76,10 +77,11 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
+	body := &limitedBody{r: http.MaxBytesReader(w, r.Body, limit)}
 	err = agent.WriteFile(r.Context(), sb.ID, p, r.URL.Query().Get("user"), body, r.ContentLength)
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
+	// The transport may not hand the body's error back, so the reader
+	// remembers that it hit the limit.
+	if body.over.Load() {
 		a.fail(w, r, tooLarge(limit))
 		return
 	}
@@ -94,6 +96,21 @@ func (a *API) uploadFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, entry)
+}
+
+// limitedBody records whether its MaxBytesReader refused to read further.
+type limitedBody struct {
+	r    io.Reader
+	over atomic.Bool
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		l.over.Store(true)
+	}
+	return n, err
 }
 
 func tooLarge(limit int64) *Error {

@@ -13,6 +13,9 @@ import (
 	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
+// CodeNoSpace is the error code of a 507: the sandbox's disk is full.
+const CodeNoSpace = "no_space"
+
 // DefaultMaxUploadBytes bounds PUT /v1/sandboxes/{id}/files when
 // Deps.MaxUploadBytes is 0.
 const DefaultMaxUploadBytes = 5 << 30
@@ -64,6 +67,8 @@ func insideError(err error) error {
 			return &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: he.Message, Cause: err}
 		case errors.Is(err, hostclient.ErrInvalid):
 			return &Error{Status: http.StatusBadRequest, Code: CodeInvalidArgument, Message: he.Message, Cause: err}
+		case errors.Is(err, hostclient.ErrNoSpace):
+			return &Error{Status: http.StatusInsufficientStorage, Code: CodeNoSpace, Message: "the sandbox's disk is full; free space or create the sandbox with a larger disk_mb", Cause: err}
 		}
 	}
 	return err

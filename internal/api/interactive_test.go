@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/wrenn/wrenn/internal/hostclient"
 )
 
 // wsDial opens a WebSocket on the API with key.
@@ -355,5 +357,52 @@ func TestFilesAndMetrics(t *testing.T) {
 	}
 	if r := e.do("GET", base+"/metrics", key, nil); r.status != 200 {
 		t.Errorf("metrics on paused: %d %s", r.status, r.body)
+	}
+}
+
+// An upload without a length is cut at the limit and refused with 413.
+func TestChunkedUploadOverLimit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(_ *env, d *Deps) { d.MaxUploadBytes = 1 << 10 })
+	_, key := e.team(false)
+	e.host("h1")
+	sid := e.create(key)
+	for _, n := range []int{1 << 10, 1<<10 + 1} {
+		req := httptest.NewRequest("PUT", "/v1/sandboxes/"+sid+"/files?path=/blob", io.MultiReader(strings.NewReader(strings.Repeat("y", n))))
+		req.ContentLength = -1
+		req.Header.Set("X-API-Key", key)
+		w := httptest.NewRecorder()
+		e.h.ServeHTTP(w, req)
+		want := http.StatusCreated
+		if n > 1<<10 {
+			want = http.StatusRequestEntityTooLarge
+		}
+		if w.Code != want {
+			t.Errorf("%d bytes: %d %s, want %d", n, w.Code, w.Body, want)
+		}
+	}
+}
+
+func TestInsideErrorClasses(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		class  error
+		status int
+	}{
+		{hostclient.ErrNotFound, 404},
+		{hostclient.ErrInvalid, 400},
+		{hostclient.ErrNoSpace, 507},
+		{hostclient.ErrConflict, 409},
+		{hostclient.ErrUnavailable, 503},
+	}
+	for _, tt := range tests {
+		err := &hostclient.Error{Op: "stat path", Class: tt.class, Message: "/x: what the agent said"}
+		ae := toAPIError(insideError(err))
+		if ae.Status != tt.status {
+			t.Errorf("%v: %d, want %d", tt.class, ae.Status, tt.status)
+		}
+		if tt.status == 404 && ae.Message != "/x: what the agent said" {
+			t.Errorf("404 message %q hides what is missing", ae.Message)
+		}
 	}
 }

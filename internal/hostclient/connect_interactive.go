@@ -201,6 +201,10 @@ func httpError(op string, resp *http.Response) error {
 		}
 		body.Message = fmt.Sprintf("agent answered %s", resp.Status)
 	}
+	if code == connect.CodeResourceExhausted {
+		// The agent's file route says so for ENOSPC inside the sandbox.
+		return &Error{Op: op, Class: ErrNoSpace, Message: body.Message}
+	}
 	return classify(op, connect.NewError(code, errors.New(body.Message)))
 }
 

@@ -121,6 +121,10 @@ type ProcessStream interface {
 	Close() error
 }
 
+// ErrNoSpace: the sandbox's disk is full (a write inside it failed with
+// ENOSPC). It is never the class of an *Error from the lifecycle calls.
+var ErrNoSpace = errors.New("the sandbox's disk is full")
+
 // ErrStreamCut is returned by Recv when a stream ended before its process
 // did (the sandbox was paused or the host went away).
 var ErrStreamCut = errors.New("process stream ended before the process")
