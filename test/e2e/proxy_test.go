@@ -93,12 +93,13 @@ while True:
 // control plane → agent → sandbox; and the routes gone after destroy.
 func TestPortProxy(t *testing.T) {
 	s := startStack(t)
+	before := snapshotResources(t, s.dir)
 	sid := s.runningSandbox()
 	s.execOK(sid, "mkdir -p /tmp/www/dir/sub && echo hello > /tmp/www/dir/file.txt")
 	s.execOK(sid, "setsid python3 -m http.server 8000 --bind 0.0.0.0 --directory /tmp/www >/tmp/http.log 2>&1 < /dev/null &")
 	s.execOK(sid, "echo "+base64.StdEncoding.EncodeToString([]byte(wsEchoPy))+" | base64 -d > /tmp/ws.py && (setsid python3 /tmp/ws.py >/tmp/ws.log 2>&1 < /dev/null &)")
 	// Wait until both listen (the proxy's dial retry covers only a moment).
-	s.execOK(sid, "for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8000) 2>/dev/null && (echo > /dev/tcp/127.0.0.1/8765) 2>/dev/null && exit 0; sleep 0.1; done; exit 1")
+	s.execOK(sid, waitListening(8000, 8765))
 
 	routes := map[string][]string{
 		"header pair": {"E2b-Sandbox-Id", sid, "E2b-Sandbox-Port", "8000"},
@@ -181,6 +182,18 @@ func TestPortProxy(t *testing.T) {
 			t.Fatalf("agent: %d", resp.StatusCode)
 		}
 	})
+	// The servers started inside went with the sandbox.
+	assertNoLeaks(t, before, settledResources(t, s.dir, sid), sid)
+}
+
+// waitListening is a shell line that waits up to 10 s until every port
+// accepts connections inside the sandbox.
+func waitListening(ports ...int) string {
+	var checks []string
+	for _, p := range ports {
+		checks = append(checks, fmt.Sprintf("socket.create_connection(('127.0.0.1', %d)).close()", p))
+	}
+	return fmt.Sprintf("for i in $(seq 100); do python3 -c \"import socket; %s\" 2>/dev/null && exit 0; sleep 0.1; done; exit 1", strings.Join(checks, "; "))
 }
 
 // runningSandbox creates a sandbox and waits until it runs.
@@ -350,7 +363,7 @@ func BenchmarkPortProxyThroughput(b *testing.B) {
 	const size = 256 << 20
 	run(fmt.Sprintf("mkdir -p /tmp/www && head -c %d /dev/zero > /tmp/www/big", size))
 	run("setsid python3 -m http.server 8000 --bind 0.0.0.0 --directory /tmp/www >/dev/null 2>&1 < /dev/null &")
-	run("for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8000) 2>/dev/null && exit 0; sleep 0.1; done; exit 1")
+	run(waitListening(8000))
 	guest := strings.TrimSpace(run("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -n1"))
 
 	u, _ := url.Parse(s.apiURL)
