@@ -225,6 +225,23 @@ func TestProcessRPCs(t *testing.T) {
 		}
 	})
 
+	t.Run("counts as activity", func(t *testing.T) {
+		sb, err := lr.m.Get(sid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lr.clock.advance(time.Minute)
+		if _, err := c.ListProcesses(ctx, connect.NewRequest(&hostagentv1.ListProcessesRequest{SandboxId: sid})); err != nil {
+			t.Fatal(err)
+		}
+		if got := time.Unix(0, sb.lastActive.Load()); !got.Equal(lr.clock.Now()) {
+			t.Errorf("last activity %v, want %v", got, lr.clock.Now())
+		}
+		if n := sb.busy.Load(); n != 0 {
+			t.Errorf("%d calls still marked in flight", n)
+		}
+	})
+
 	t.Run("refusals", func(t *testing.T) {
 		tests := []struct {
 			name string
