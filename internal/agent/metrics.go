@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"syscall"
 	"time"
@@ -32,9 +33,10 @@ const (
 
 // MetricsSampler samples every running sandbox's cpu, memory and disk at a
 // fixed interval into a ring per sandbox. A ring grows as samples arrive and
-// never beyond its capacity (about 40 bytes a sample, under 700 KiB for a day
-// at 5 s), so memory stays bounded however long sandboxes live; rings of
-// sandboxes that left the table are dropped at the next tick.
+// never beyond its capacity (32 bytes a sample: about 540 KiB for a day at
+// 5 s), so memory stays bounded however long sandboxes live; rings of
+// sandboxes that left the table are dropped at the next tick. Paused
+// sandboxes are not sampled: their ring keeps what it had.
 type MetricsSampler struct {
 	m        *Manager
 	interval time.Duration
@@ -59,8 +61,24 @@ func NewMetricsSampler(m *Manager, interval time.Duration, capacity int) *Metric
 	return &MetricsSampler{m: m, interval: interval, capacity: capacity, diskUsage: statfsUsed, log: m.log, rings: map[string]*sampleRing{}}
 }
 
+// packedSample is how a ring stores a Sample, at 32 bytes instead of 48.
+type packedSample struct {
+	at   int64 // Unix nanoseconds
+	cpu  float32
+	mem  uint64
+	disk uint64
+}
+
+func pack(s Sample) packedSample {
+	return packedSample{at: s.Time.UnixNano(), cpu: float32(s.CPUPercent), mem: s.MemoryBytes, disk: s.DiskBytes}
+}
+
+func (p packedSample) unpack() Sample {
+	return Sample{Time: time.Unix(0, p.at).UTC(), CPUPercent: float64(p.cpu), MemoryBytes: p.mem, DiskBytes: p.disk}
+}
+
 type sampleRing struct {
-	buf  []Sample
+	buf  []packedSample
 	next int // where the next sample goes once buf is at capacity
 	// lastCPU and lastAt are the previous reading, for the cpu rate.
 	lastCPU time.Duration
@@ -69,20 +87,24 @@ type sampleRing struct {
 
 func (r *sampleRing) add(s Sample, capacity int) {
 	if len(r.buf) < capacity {
-		r.buf = append(r.buf, s)
+		r.buf = append(r.buf, pack(s))
 		return
 	}
-	r.buf[r.next] = s
+	r.buf[r.next] = pack(s)
 	r.next = (r.next + 1) % capacity
 }
 
 // since returns the samples after t, oldest first.
 func (r *sampleRing) since(t time.Time) []Sample {
 	out := make([]Sample, 0, len(r.buf))
+	after := t.UnixNano()
+	if t.IsZero() {
+		after = math.MinInt64
+	}
 	for i := range r.buf {
 		s := r.buf[(r.next+i)%len(r.buf)]
-		if s.Time.After(t) {
-			out = append(out, s)
+		if s.at > after {
+			out = append(out, s.unpack())
 		}
 	}
 	return out

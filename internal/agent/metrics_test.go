@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -52,6 +53,10 @@ func TestMetricsSampler(t *testing.T) {
 	sid := newID()
 	if _, err := m.Create(ctx, createReq(sid, time.Hour)); err != nil {
 		t.Fatal(err)
+	}
+	// A day of samples per sandbox is what the ring's size budget is about.
+	if n := unsafe.Sizeof(packedSample{}); n != 32 {
+		t.Errorf("a stored sample takes %d bytes, want 32", n)
 	}
 	ms := NewMetricsSampler(m, 5*time.Second, 3)
 	ms.diskUsage = func(string) (uint64, error) { return 4096, nil }
