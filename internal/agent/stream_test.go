@@ -350,6 +350,9 @@ func TestFileRoutesAndRPCs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if resp.ContentLength != int64(len(data)) {
+		t.Errorf("download length %d, want %d (sent uncompressed, with its length)", resp.ContentLength, len(data))
+	}
 	h := sha256.New()
 	n, err := io.Copy(h, resp.Body)
 	resp.Body.Close()

@@ -88,6 +88,10 @@ func (c *Client) ReadFile(ctx context.Context, user, path string) (body io.ReadC
 		return nil, 0, fmt.Errorf("build read of %s: %w", path, err)
 	}
 	c.authorize(req)
+	// Plain bytes: otherwise the transport asks for gzip, envd spends the
+	// sandbox's CPU compressing and the agent's decompressing, and the
+	// length is lost.
+	req.Header.Set("Accept-Encoding", "identity")
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", path, err)
