@@ -415,3 +415,33 @@ func wsAccept(key string) string {
 	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	return base64.StdEncoding.EncodeToString(h[:])
 }
+
+// An event stream's first event reaches the client while the application
+// still holds the response open: streaming responses are flushed as they
+// come, even though downloads of known length are not flushed per write.
+func TestPortProxyStreamsEventsAsTheyCome(t *testing.T) {
+	t.Parallel()
+	r := newProxyRig(t)
+	sid := r.create(t)
+	release := make(chan struct{})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: first\n\n")
+		http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-req.Context().Done():
+		}
+	}))
+	t.Cleanup(app.Close)
+	t.Cleanup(func() { close(release) })
+	resp, err := testClient(t, false).Get(fmt.Sprintf("%s/proxy/%s/%d/events", r.srv.URL, sid, portOf(t, app)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event %q, %v", line, err)
+	}
+}

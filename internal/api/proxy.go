@@ -78,6 +78,9 @@ func (c *portRoutes) len() int {
 
 type portTargetKey struct{}
 
+// portCopyBuffers are the port proxy's copy buffers.
+var portCopyBuffers = &proxy.BufferPool{}
+
 // portProxy routes port traffic before the API's routes: a Host of
 // {port}-{sandbox_id}.{WRENN_DOMAIN}, or the E2b-Sandbox-Id and
 // E2b-Sandbox-Port header pair on any host, goes to the sandbox's agent at
@@ -172,8 +175,10 @@ func (a *API) portRoute(ctx context.Context, sandboxID string) (portRoute, error
 // request carries its target in its context.
 func (a *API) newPortReverseProxy(transport http.RoundTripper) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Transport:     transport,
-		FlushInterval: -1,
+		Transport: transport,
+		// Streaming responses are flushed write by write regardless;
+		// downloads of known length are not (see the agent's proxy).
+		BufferPool: portCopyBuffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			hop := pr.In.Context().Value(portTargetKey{}).(portHop)
 			prefix := hop.t.Prefix()

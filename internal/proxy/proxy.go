@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/wrenn/wrenn/pkg/id"
 )
@@ -216,4 +217,29 @@ func StripLocation(loc string, t Target) string {
 	}
 	// "/proxy/id/80" + "80/x" would be port 8080: not ours.
 	return loc
+}
+
+// copyBufferSize is the reverse proxies' copy buffer: large copies mean
+// fewer read and write system calls per byte, which is most of a proxy's
+// cost on a bulk download.
+const copyBufferSize = 256 << 10
+
+// BufferPool hands reverse proxies their copy buffers, shared by every
+// proxy of the process so idle ones hold no memory.
+type BufferPool struct{ p sync.Pool }
+
+// Get returns a buffer of copyBufferSize bytes.
+func (b *BufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, copyBufferSize)
+}
+
+// Put returns a buffer from Get.
+func (b *BufferPool) Put(buf []byte) {
+	if cap(buf) >= copyBufferSize {
+		buf = buf[:copyBufferSize]
+		b.p.Put(&buf)
+	}
 }
