@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/wrenn/wrenn/internal/proxy"
 	"github.com/wrenn/wrenn/pkg/auth"
+	"github.com/wrenn/wrenn/pkg/id"
 )
 
 // portRouteTTL bounds how long a sandbox's agent address is trusted without
@@ -25,8 +27,32 @@ const portRouteTTL = 10 * time.Second
 
 // portRoute is where a sandbox's port traffic goes.
 type portRoute struct {
-	agent   *url.URL
-	expires time.Time
+	agent *url.URL
+	// tokenHash is the SHA-256 of a private sandbox's traffic token; empty
+	// for a public sandbox.
+	tokenHash string
+	expires   time.Time
+}
+
+// TrafficTokenHeader carries a private sandbox's traffic token on its port
+// traffic.
+const TrafficTokenHeader = "X-Wrenn-Traffic-Token"
+
+// createdJSON is the create answer: the sandbox, and a private sandbox's
+// traffic token, shown this once.
+type createdJSON struct {
+	Sandbox
+	TrafficToken string `json:"traffic_token,omitempty"`
+}
+
+// newTrafficToken makes sandboxID private: it stores a new token's hash and
+// returns the token.
+func (a *API) newTrafficToken(ctx context.Context, sandboxID string) (string, error) {
+	token := "wrt_" + id.Secret(16)
+	if _, err := a.d.DB.Exec(ctx, `INSERT INTO sandbox_traffic_tokens (sandbox_id, token_hash) VALUES ($1, $2)`, sandboxID, hashSecret(token)); err != nil {
+		return "", fmt.Errorf("store traffic token of %s: %w", sandboxID, err)
+	}
+	return token, nil
 }
 
 // portRoutes caches routes by sandbox id.
@@ -88,8 +114,9 @@ var portCopyBuffers = &proxy.BufferPool{}
 // concatenation so trailing slashes, dot segments and escapes reach the
 // application as sent. Everything else is the API's.
 //
-// Sandboxes are public: anyone who knows the id reaches their ports, as with
-// E2B. The caller's API key and dashboard cookies are not forwarded.
+// Sandboxes are public by default: anyone who knows the id reaches their
+// ports, as with E2B. A private one needs its traffic token. The caller's API
+// key, dashboard cookies and traffic token are not forwarded.
 func (a *API) portProxy(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		t, ok, err := a.portTarget(r)
@@ -109,6 +136,13 @@ func (a *API) portProxy(next http.Handler) http.Handler {
 		if err != nil {
 			a.fail(w, r, err)
 			return
+		}
+		if route.tokenHash != "" {
+			got := hashSecret(r.Header.Get(TrafficTokenHeader))
+			if subtle.ConstantTimeCompare([]byte(got), []byte(route.tokenHash)) != 1 {
+				a.fail(w, r, unauthorized(fmt.Sprintf("sandbox %s is private: send the traffic_token of its create answer in %s", t.SandboxID, TrafficTokenHeader)))
+				return
+			}
 		}
 		ctx := context.WithValue(r.Context(), portTargetKey{}, portHop{t: t, agent: route.agent})
 		a.portRP.ServeHTTP(w, r.WithContext(ctx))
@@ -149,9 +183,11 @@ func (a *API) portRoute(ctx context.Context, sandboxID string) (portRoute, error
 		return r, nil
 	}
 	var status, address string
+	var tokenHash *string
 	err := a.d.DB.QueryRow(ctx,
-		`SELECT s.status, h.address FROM sandboxes s JOIN hosts h ON h.id = s.host_id WHERE s.id = $1`,
-		sandboxID).Scan(&status, &address)
+		`SELECT s.status, h.address, t.token_hash FROM sandboxes s JOIN hosts h ON h.id = s.host_id
+		 LEFT JOIN sandbox_traffic_tokens t ON t.sandbox_id = s.id WHERE s.id = $1`,
+		sandboxID).Scan(&status, &address, &tokenHash)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows), err == nil && (status == "stopped" || status == "error"):
 		// A destroyed sandbox's row stays for the record; its ports are
@@ -167,6 +203,9 @@ func (a *API) portRoute(ctx context.Context, sandboxID string) (portRoute, error
 		return portRoute{}, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "the sandbox's host has no usable address", Cause: fmt.Errorf("host address %q of %s: %v", address, sandboxID, err)}
 	}
 	r := portRoute{agent: u, expires: now.Add(portRouteTTL)}
+	if tokenHash != nil {
+		r.tokenHash = *tokenHash
+	}
 	a.portRoutes.put(sandboxID, r)
 	return r, nil
 }
@@ -194,6 +233,7 @@ func (a *API) newPortReverseProxy(transport http.RoundTripper) *httputil.Reverse
 			// The sandbox is someone else's code: it gets no credential
 			// of the caller's Wrenn account.
 			pr.Out.Header.Del("X-API-Key")
+			pr.Out.Header.Del(TrafficTokenHeader)
 			stripCookies(pr.Out.Header, auth.SessionCookie, auth.CSRFCookie)
 		},
 		ModifyResponse: func(resp *http.Response) error {

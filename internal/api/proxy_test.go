@@ -82,13 +82,14 @@ type proxyEnv struct {
 	agent *fakeAgent
 	srv   *httptest.Server
 	team  string
+	key   string
 	host  string
 }
 
 func newProxyEnv(t *testing.T) *proxyEnv {
 	e := newEnv(t, func(_ *env, d *Deps) { d.Domain = testDomain })
 	p := &proxyEnv{env: e, agent: newFakeAgent(t)}
-	p.team, _ = e.team(false)
+	p.team, p.key = e.team(false)
 	p.host = e.host("proxy-" + id.Secret(4))
 	_, err := e.pool.Exec(context.Background(), `UPDATE hosts SET address = $1 WHERE id = $2`, p.agent.srv.URL, p.host)
 	must(t, err)
@@ -312,5 +313,71 @@ func TestPortProxyUpgradePassesThrough(t *testing.T) {
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
 		t.Fatalf("echo: %v", err)
+	}
+}
+
+// A sandbox created private answers port traffic only with its traffic
+// token, which the sandbox's application never sees; a public one needs none
+// and gets no token.
+func TestPortProxyPrivateSandbox(t *testing.T) {
+	t.Parallel()
+	p := newProxyEnv(t)
+	var created struct {
+		ID           string `json:"id"`
+		TrafficToken string `json:"traffic_token"`
+	}
+	r := p.do("POST", "/v1/sandboxes", p.key, map[string]any{"template": "minimal", "private": true})
+	if r.status != http.StatusAccepted {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	r.decode(t, &created)
+	if !strings.HasPrefix(created.TrafficToken, "wrt_") {
+		t.Fatalf("private create answered no traffic token: %s", r.body)
+	}
+	p.waitStatus(p.key, created.ID, "running")
+	var public struct {
+		ID           string  `json:"id"`
+		TrafficToken *string `json:"traffic_token"`
+	}
+	r = p.do("POST", "/v1/sandboxes", p.key, map[string]any{"template": "minimal"})
+	r.decode(t, &public)
+	if public.TrafficToken != nil {
+		t.Fatalf("public create answered a traffic token: %s", r.body)
+	}
+	p.waitStatus(p.key, public.ID, "running")
+
+	host := "8080-" + created.ID + "." + testDomain
+	tests := []struct {
+		name string
+		hdrs []string
+		want int
+	}{
+		{"no token", []string{"Host", host}, http.StatusUnauthorized},
+		{"wrong token", []string{"Host", host, TrafficTokenHeader, "wrt_" + strings.Repeat("0", 32)}, http.StatusUnauthorized},
+		{"API key is not a token", []string{"Host", host, "X-API-Key", p.key}, http.StatusUnauthorized},
+		{"token", []string{"Host", host, TrafficTokenHeader, created.TrafficToken}, http.StatusOK},
+		{"token with the header pair", []string{"E2b-Sandbox-Id", created.ID, "E2b-Sandbox-Port", "8080", TrafficTokenHeader, created.TrafficToken}, http.StatusOK},
+		{"public needs none", []string{"Host", "8080-" + public.ID + "." + testDomain}, http.StatusOK},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := p.agent.requests()
+			resp, body := p.get("/", tc.hdrs...)
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, body)
+			}
+			reached := p.agent.requests() - before
+			if (tc.want == http.StatusOK) != (reached == 1) {
+				t.Fatalf("agent reached %d times", reached)
+			}
+			if reached == 1 {
+				p.agent.mu.Lock()
+				last := p.agent.seen[len(p.agent.seen)-1]
+				p.agent.mu.Unlock()
+				if last.Header.Get(TrafficTokenHeader) != "" {
+					t.Fatal("the traffic token was forwarded to the sandbox")
+				}
+			}
+		})
 	}
 }

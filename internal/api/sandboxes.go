@@ -53,6 +53,8 @@ type createRequest struct {
 	MemoryMB   *int   `json:"memory_mb"`
 	DiskMB     *int   `json:"disk_mb"`
 	TimeoutSec *int   `json:"timeout_sec"`
+	// Private sandboxes need their traffic token on port traffic.
+	Private bool `json:"private"`
 }
 
 // Bounds of a sandbox's resources.
@@ -110,8 +112,17 @@ func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, invalid("template", "unknown template %q", req.Template))
 		return
 	}
+	sid := id.New(id.Sandbox)
+	var trafficToken string
+	if req.Private {
+		// Stored before the sandbox exists, so it is never public.
+		if trafficToken, err = a.newTrafficToken(ctx, sid); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
 	sb, host, err := a.placeAndInsert(ctx, db.InsertSandboxParams{
-		ID:         id.New(id.Sandbox),
+		ID:         sid,
 		TeamID:     p.TeamID,
 		Template:   req.Template,
 		Vcpus:      int32(orDefault(req.VCPUs, 1)),
@@ -131,7 +142,7 @@ func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.reqLog(r).Info("sandbox accepted", "sandbox_id", sb.ID, "host_id", host.ID)
-	writeJSON(w, http.StatusAccepted, sandboxJSON(sb))
+	writeJSON(w, http.StatusAccepted, createdJSON{Sandbox: sandboxJSON(sb), TrafficToken: trafficToken})
 }
 
 // startSandbox asks the host to boot sb and records the outcome with
