@@ -68,6 +68,8 @@ type Deps struct {
 	// MaxUploadBytes bounds one file upload (PUT .../files); larger bodies
 	// are 413. 0 means DefaultMaxUploadBytes.
 	MaxUploadBytes int64
+	// Metrics are served at /metrics; nil means a fresh NewMetrics.
+	Metrics *Metrics
 }
 
 // API serves the REST API and owns the background work it starts.
@@ -94,6 +96,8 @@ type API struct {
 	// Port proxy (proxy.go): cached agent routes and the reverse proxy.
 	portRoutes portRoutes
 	portRP     *httputil.ReverseProxy
+
+	metrics *Metrics
 }
 
 // New returns an API over d.
@@ -125,7 +129,10 @@ func New(d Deps) *API {
 	if d.ProxyTransport == nil {
 		d.ProxyTransport = hostclient.NewProxyTransport()
 	}
-	a := &API{d: d, q: db.New(d.DB), log: d.Logger, policy: policy, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel}
+	if d.Metrics == nil {
+		d.Metrics = NewMetrics()
+	}
+	a := &API{d: d, q: db.New(d.DB), log: d.Logger, policy: policy, base: base, cancel: cancel, streams: streams, streamsCancel: streamsCancel, metrics: d.Metrics}
 	a.portRP = a.newPortReverseProxy(d.ProxyTransport)
 	return a
 }
@@ -133,11 +140,14 @@ func New(d Deps) *API {
 // Routes mounts every route of the API on r, with request ids, access logs
 // and panic recovery.
 func (a *API) Routes(r chi.Router) {
+	// Outermost, so a panic's 500 is counted too.
+	r.Use(a.instrument)
 	r.Use(a.requestContext)
 	// Port traffic is routed by host or headers, before any API route.
 	r.Use(a.portProxy)
 	r.Get("/healthz", a.healthz)
 	r.Get("/openapi.yaml", serveOpenAPI)
+	r.Method(http.MethodGet, "/metrics", a.metrics.Handler())
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/hosts/register", a.registerHost)
 		r.Post("/hosts/heartbeat", a.heartbeat)
@@ -193,9 +203,10 @@ func (a *API) goBackground(fn func(ctx context.Context)) error {
 		return errShuttingDown
 	}
 	a.wg.Add(1)
+	start := time.Now()
 	go func() {
 		defer a.wg.Done()
-		ctx, cancel := context.WithTimeout(a.base, a.d.AgentTimeout)
+		ctx, cancel := context.WithTimeout(withOpTimer(a.base, start), a.d.AgentTimeout)
 		defer cancel()
 		fn(ctx)
 	}()

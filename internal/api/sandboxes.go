@@ -261,6 +261,7 @@ func (a *API) publish(ctx context.Context, log *slog.Logger, e events.Event) {
 	if e.Time.IsZero() {
 		e.Time = a.d.Now().UTC()
 	}
+	a.observeOutcome(ctx, e)
 	if a.d.Events == nil {
 		return
 	}

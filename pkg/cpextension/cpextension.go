@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/pkg/config"
 	"github.com/wrenn/wrenn/pkg/db"
@@ -58,10 +59,30 @@ type ServerContext struct {
 	Queries *db.Queries
 	Redis   redis.UniversalClient
 	Events  events.Publisher
+	// Metrics is the registry served at /metrics; extensions register
+	// their own series on it.
+	Metrics *prometheus.Registry
 	// RequireAPIKey authenticates X-API-Key exactly as the built-in routes
 	// do; CallerFrom then returns the caller.
 	RequireAPIKey func(http.Handler) http.Handler
 	// CallerFrom returns the caller of a request authenticated by
 	// RequireAPIKey.
 	CallerFrom func(ctx context.Context) (Caller, bool)
+}
+
+// SandboxEventHook is an optional interface of an Extension: OnSandboxEvent
+// is called by the event consumer for every lifecycle event after the
+// built-in fallback writer applied it. An error leaves the message
+// un-acknowledged, so it is delivered again (claimed after the consumer's
+// idle time): hooks must be idempotent and should return an error only for
+// a failure worth retrying.
+type SandboxEventHook interface {
+	OnSandboxEvent(ctx context.Context, e events.Event) error
+}
+
+// MiddlewareProvider is an optional interface of an Extension: its
+// middlewares wrap every route of the control plane (API, port proxy and
+// other extensions' routes), outermost first, in extension order.
+type MiddlewareProvider interface {
+	Middlewares() []func(http.Handler) http.Handler
 }

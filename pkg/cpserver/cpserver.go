@@ -179,8 +179,9 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	// Port traffic has a transport of its own, apart from the RPC pool.
 	proxyTransport := hostclient.NewProxyTransport()
 	defer proxyTransport.CloseIdleConnections()
+	metrics := api.NewMetrics()
 	a := api.New(api.Deps{
-		Domain: cfg.Domain, ProxyTransport: proxyTransport,
+		Metrics: metrics, Domain: cfg.Domain, ProxyTransport: proxyTransport,
 		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement, PublicURL: cfg.PublicURL,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
@@ -208,9 +209,16 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	}()
 
 	router := chi.NewRouter()
+	// Extensions' middlewares wrap everything, so they go on the router
+	// before any route (chi refuses Use after routes are mounted).
+	for _, ext := range o.extensions {
+		if mp, ok := ext.(cpextension.MiddlewareProvider); ok {
+			router.Use(mp.Middlewares()...)
+		}
+	}
 	a.Routes(router)
 	sc := &cpextension.ServerContext{
-		Config: cfg, Version: o.version, Logger: log, DB: pool, Queries: db.New(pool), Redis: rdb, Events: publisher,
+		Config: cfg, Version: o.version, Logger: log, DB: pool, Queries: db.New(pool), Redis: rdb, Events: publisher, Metrics: metrics.Registry(),
 		RequireAPIKey: a.RequireAPIKey,
 		CallerFrom: func(ctx context.Context) (cpextension.Caller, bool) {
 			p, ok := api.PrincipalFrom(ctx)
@@ -242,8 +250,16 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	srv.RegisterOnShutdown(a.CloseStreams)
 
 	// The fallback writer: one consumer per replica in the shared group.
+	// Extensions' event hooks run after the built-in writer applied each
+	// event; a failing hook leaves the event pending for redelivery.
+	var hooks []events.Handler
+	for _, ext := range o.extensions {
+		if h, ok := ext.(cpextension.SandboxEventHook); ok {
+			hooks = append(hooks, h.OnSandboxEvent)
+		}
+	}
 	consumer := events.NewConsumer(rdb, a.ApplyEvent, events.ConsumerOptions{
-		Name: consumerName(), MinIdle: o.claimIdle, Logger: log,
+		Name: consumerName(), MinIdle: o.claimIdle, Logger: log, Hooks: hooks, OnLag: metrics.ObserveConsumerLag,
 	})
 	workers = append(workers, cpextension.Worker{Name: "event-consumer", Run: consumer.Run})
 	// The safety net: one pass a minute, on one replica at a time.

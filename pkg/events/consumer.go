@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,6 +36,16 @@ type ConsumerOptions struct {
 	// bounds how long Run takes to notice cancellation.
 	Block  time.Duration
 	Logger *slog.Logger
+	// Hooks run, in order, after the handler applied an event (extensions'
+	// SandboxEventHook). The first error leaves the message pending, so the
+	// handler and every hook see it again: hooks must be idempotent.
+	Hooks []Handler
+	// OnLag, when set, is told after every read how far this consumer is
+	// behind the stream head: the age of the newest message it just
+	// handled (the time since it was appended), or 0 when a read found
+	// nothing new. Claimed messages do not count: they are retries, not
+	// the live stream.
+	OnLag func(time.Duration)
 }
 
 // Consumer reads Stream in a consumer group and hands each event to a
@@ -123,6 +135,7 @@ func (c *Consumer) Step(ctx context.Context) (int, error) {
 		Group: c.o.Group, Consumer: c.o.Name, Streams: []string{Stream, ">"}, Count: 100, Block: c.o.Block,
 	}).Result()
 	if errors.Is(err, redis.Nil) {
+		c.lag(0)
 		return acked, nil
 	}
 	if err != nil {
@@ -130,6 +143,11 @@ func (c *Consumer) Step(ctx context.Context) (int, error) {
 	}
 	for _, s := range res {
 		acked += c.process(ctx, s.Messages)
+		if n := len(s.Messages); n > 0 {
+			if at, ok := messageTime(s.Messages[n-1].ID); ok {
+				c.lag(max(time.Since(at), 0))
+			}
+		}
 	}
 	return acked, nil
 }
@@ -163,6 +181,9 @@ func (c *Consumer) process(ctx context.Context, msgs []redis.XMessage) int {
 		} else if err := c.handle(ctx, e); err != nil {
 			c.o.Logger.Warn("event handler failed; the event stays pending", "id", m.ID, "sandbox_id", e.SandboxID, "err", err)
 			continue
+		} else if err := c.runHooks(ctx, e); err != nil {
+			c.o.Logger.Warn("event hook failed; the event stays pending", "id", m.ID, "sandbox_id", e.SandboxID, "err", err)
+			continue
 		}
 		if err := c.client.XAck(ctx, Stream, c.o.Group, m.ID).Err(); err != nil {
 			c.o.Logger.Warn("acknowledge event", "id", m.ID, "err", err)
@@ -171,4 +192,33 @@ func (c *Consumer) process(ctx context.Context, msgs []redis.XMessage) int {
 		acked++
 	}
 	return acked
+}
+
+func (c *Consumer) runHooks(ctx context.Context, e Event) error {
+	for i, h := range c.o.Hooks {
+		if err := h(ctx, e); err != nil {
+			return fmt.Errorf("event hook %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (c *Consumer) lag(d time.Duration) {
+	if c.o.OnLag != nil {
+		c.o.OnLag(d)
+	}
+}
+
+// messageTime is when Redis appended a message: the first part of an
+// auto-generated stream id is its Unix time in milliseconds.
+func messageTime(id string) (time.Time, bool) {
+	ms, _, ok := strings.Cut(id, "-")
+	if !ok {
+		return time.Time{}, false
+	}
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(n), true
 }
