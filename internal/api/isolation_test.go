@@ -133,6 +133,9 @@ func TestTenantIsolationEveryRoute(t *testing.T) {
 				}
 				op := strings.ToUpper(method) + " " + path
 				if _, ok := isolationExempt[op]; ok {
+					if pass == 1 {
+						continue
+					}
 					covered[op] = true
 					if strings.HasPrefix(path, "/v1/admin/") {
 						t.Run(op, func(t *testing.T) {
