@@ -13,6 +13,7 @@ UPDATE hosts
 SET registration_token_hash = NULL,
     registration_expires_at = NULL,
     token_hash = sqlc.arg(token_hash),
+    refresh_token_hash = sqlc.narg(refresh_token_hash),
     address = sqlc.arg(address),
     runtime = sqlc.arg(runtime),
     vcpus = sqlc.arg(vcpus),
@@ -41,9 +42,19 @@ RETURNING id;
 SELECT * FROM hosts WHERE id = $1;
 
 -- name: ListHostsWithCounts :many
+-- Live hosts with what their sandboxes take (stopped and errored ones hold
+-- nothing).
 SELECT h.*,
-       (SELECT count(*) FROM sandboxes s WHERE s.host_id = h.id AND s.status <> 'stopped')::bigint AS active_sandboxes
+       coalesce(u.sandboxes, 0)::bigint AS active_sandboxes,
+       coalesce(u.vcpus, 0)::bigint AS used_vcpus,
+       coalesce(u.memory_mb, 0)::bigint AS used_memory_mb
 FROM hosts h
+LEFT JOIN LATERAL (
+    SELECT count(*) AS sandboxes, sum(s.vcpus) AS vcpus, sum(s.memory_mb) AS memory_mb
+    FROM sandboxes s
+    WHERE s.host_id = h.id AND s.status NOT IN ('stopped', 'error')
+) u ON true
+WHERE h.status <> 'deleted'
 ORDER BY h.created_at, h.id;
 
 -- name: LockPlaceableHosts :many

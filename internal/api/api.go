@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/internal/hostclient"
+	"github.com/wrenn/wrenn/internal/pki"
 	"github.com/wrenn/wrenn/pkg/auth"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
@@ -62,8 +63,11 @@ type Deps struct {
 	// Domain is WRENN_DOMAIN: hosts {port}-{sandbox_id}.{Domain} are port
 	// traffic. Empty: only the E2b-Sandbox-Id/-Port headers route.
 	Domain string
+	// CA signs agents' server certificates at registration and refresh;
+	// nil refuses registrations that send a CSR.
+	CA *pki.CA
 	// ProxyTransport carries port traffic to agents, apart from the RPC
-	// pool; nil means hostclient.NewProxyTransport().
+	// pool; nil means hostclient.NewProxyTransport(nil).
 	ProxyTransport http.RoundTripper
 	// MaxUploadBytes bounds one file upload (PUT .../files); larger bodies
 	// are 413. 0 means DefaultMaxUploadBytes.
@@ -127,7 +131,7 @@ func New(d Deps) *API {
 	base, cancel := context.WithCancel(context.Background())
 	streams, streamsCancel := context.WithCancel(context.Background())
 	if d.ProxyTransport == nil {
-		d.ProxyTransport = hostclient.NewProxyTransport()
+		d.ProxyTransport = hostclient.NewProxyTransport(nil)
 	}
 	if d.Metrics == nil {
 		d.Metrics = NewMetrics()
@@ -151,6 +155,7 @@ func (a *API) Routes(r chi.Router) {
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/hosts/register", a.registerHost)
 		r.Post("/hosts/heartbeat", a.heartbeat)
+		r.Post("/hosts/refresh", a.refreshHost)
 		r.Post("/hosts/sandbox-events", a.hostSandboxEvent)
 		a.publicIdentityRoutes(r)
 		r.Group(func(r chi.Router) {
@@ -172,6 +177,7 @@ func (a *API) Routes(r chi.Router) {
 				r.Use(requireAdmin)
 				r.Post("/admin/hosts", a.createHost)
 				r.Get("/admin/hosts", a.listHosts)
+				r.Delete("/admin/hosts/{id}", a.deleteHost)
 				a.identityAdminRoutes(r)
 			})
 		})

@@ -28,6 +28,8 @@ type Host struct {
 	MemoryMB              int64      `json:"memory_mb"`
 	DiskMB                int64      `json:"disk_mb"`
 	ActiveSandboxes       int64      `json:"active_sandboxes"`
+	UsedVCPUs             int64      `json:"used_vcpus"`
+	UsedMemoryMB          int64      `json:"used_memory_mb"`
 	LastHeartbeatAt       *time.Time `json:"last_heartbeat_at"`
 	RegistrationExpiresAt *time.Time `json:"registration_expires_at,omitempty"`
 	CreatedAt             time.Time  `json:"created_at"`
@@ -99,6 +101,7 @@ func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {
 			Vcpus: h.Vcpus, MemoryMb: h.MemoryMb, DiskMb: h.DiskMb, LastHeartbeatAt: h.LastHeartbeatAt,
 			RegistrationExpiresAt: h.RegistrationExpiresAt, CreatedAt: h.CreatedAt,
 		}, h.ActiveSandboxes)
+		out[i].UsedVCPUs, out[i].UsedMemoryMB = h.UsedVcpus, h.UsedMemoryMb
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
 }
@@ -143,6 +146,9 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		VCPUs             int    `json:"vcpus"`
 		MemoryMB          int64  `json:"memory_mb"`
 		DiskMB            int64  `json:"disk_mb"`
+		// CSR is an optional PEM certificate request (ECDSA P-256) for the
+		// agent's server certificate.
+		CSR string `json:"csr"`
 	}
 	if err := decode(r, &req); err != nil {
 		a.fail(w, r, err)
@@ -157,10 +163,18 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	hostToken := "wrh_" + id.Secret(32)
+	// The certificate is signed before the token is used up, so a bad CSR
+	// leaves the registration token valid.
+	creds, err := a.signHostCert(req.CSR, req.Address)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	hostToken, refreshToken := newHostTokens()
 	hostID, err := a.q.RegisterHost(r.Context(), db.RegisterHostParams{
 		RegistrationTokenHash: ptr(hashSecret(req.RegistrationToken)),
 		TokenHash:             ptr(hashSecret(hostToken)),
+		RefreshTokenHash:      ptr(hashSecret(refreshToken)),
 		Address:               req.Address,
 		Runtime:               req.Runtime,
 		Vcpus:                 int32(req.VCPUs),
@@ -177,7 +191,8 @@ func (a *API) registerHost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.reqLog(r).Info("host registered", "host_id", hostID, "address", req.Address, "runtime", req.Runtime)
-	writeJSON(w, http.StatusOK, map[string]string{"host_id": hostID, "host_token": hostToken})
+	creds.HostID, creds.HostToken, creds.RefreshToken = hostID, hostToken, refreshToken
+	writeJSON(w, http.StatusOK, creds)
 }
 
 func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {

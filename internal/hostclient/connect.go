@@ -20,10 +20,13 @@ import (
 // HTTP/2 one slow sandbox RPC stalled every other stream on the shared
 // connection), pooled per host, with bounded dials. It has no response
 // timeout: Exec may legitimately run for minutes, so every call carries its
-// own context deadline instead.
-func NewTransport() *http.Transport {
+// own context deadline instead. tlsCfg (nil: none) is used for agents whose
+// address is https: the internal CA and the control plane's client
+// certificate (mutual TLS).
+func NewTransport(tlsCfg *tls.Config) *http.Transport {
 	return &http.Transport{
-		Proxy: nil,
+		TLSClientConfig: tlsCfg,
+		Proxy:           nil,
 		DialContext: (&net.Dialer{
 			Timeout:   5 * time.Second,
 			KeepAlive: 30 * time.Second,
@@ -48,9 +51,10 @@ type Pool struct {
 	hosts map[string]*connectAgent
 }
 
-// NewPool returns an empty pool with its own transport.
-func NewPool() *Pool {
-	return &Pool{client: &http.Client{Transport: NewTransport()}, hosts: map[string]*connectAgent{}}
+// NewPool returns an empty pool with its own transport, dialing https
+// agents with tlsCfg (nil: plain HTTP agents only, or public certificates).
+func NewPool(tlsCfg *tls.Config) *Pool {
+	return &Pool{client: &http.Client{Transport: NewTransport(tlsCfg)}, hosts: map[string]*connectAgent{}}
 }
 
 // Agent returns the client of hostID at address (the agent's base URL).

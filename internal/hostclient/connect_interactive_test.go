@@ -76,7 +76,7 @@ func TestConnectInteractive(t *testing.T) {
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	pool := NewPool()
+	pool := NewPool(nil)
 	t.Cleanup(pool.Close)
 	a, err := pool.Agent("host-1", srv.URL)
 	if err != nil {

@@ -58,7 +58,7 @@ func TestConnectAgent(t *testing.T) {
 	var notHTTP1 atomic.Int32
 	srv := &agentServer{}
 	url := startAgent(t, srv, &notHTTP1)
-	pool := NewPool()
+	pool := NewPool(nil)
 	defer pool.Close()
 	a, err := pool.Agent("host-1", url)
 	if err != nil {
@@ -118,7 +118,7 @@ func TestConnectAgent(t *testing.T) {
 
 func TestUnreachableAndBadAddress(t *testing.T) {
 	t.Parallel()
-	pool := NewPool()
+	pool := NewPool(nil)
 	defer pool.Close()
 	if _, err := pool.Agent("host-1", "127.0.0.1:1"); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("address without scheme: %v", err)
@@ -174,7 +174,7 @@ func TestConnectAgentLifecycle(t *testing.T) {
 	_, h := hostagentv1connect.NewHostAgentServiceHandler(srv)
 	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
-	pool := NewPool()
+	pool := NewPool(nil)
 	defer pool.Close()
 	a, err := pool.Agent("host-1", hs.URL)
 	if err != nil {

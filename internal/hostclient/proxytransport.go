@@ -13,9 +13,12 @@ import (
 // starve PTY and exec streams. HTTP/1.1 only, which WebSocket upgrades need;
 // pooled per agent; bodies pass unchanged (no transparent compression); no
 // response timeout, since long polls and event streams are normal there.
-func NewProxyTransport() *http.Transport {
+// tlsCfg (nil: none) is used for agents whose address is https: the
+// internal CA and the control plane's client certificate.
+func NewProxyTransport(tlsCfg *tls.Config) *http.Transport {
 	return &http.Transport{
-		Proxy: nil,
+		TLSClientConfig: tlsCfg,
+		Proxy:           nil,
 		DialContext: (&net.Dialer{
 			Timeout:   5 * time.Second,
 			KeepAlive: 30 * time.Second,

@@ -116,6 +116,12 @@ type ControlPlane struct {
 	// sandbox.localhost): {port}-{sandbox_id}.{Domain} reaches that port of
 	// the sandbox. Empty: only the E2b-Sandbox-Id/-Port header pair routes.
 	Domain string
+	// CACertFile and CAKeyFile are a configured CA for agent mTLS, PEM
+	// files (WRENN_CA_CERT, WRENN_CA_KEY; both or neither). Unset: the
+	// control plane generates a CA at first start and keeps it in Postgres,
+	// shared by every replica.
+	CACertFile string
+	CAKeyFile  string
 }
 
 // LoadControlPlane reads and validates the control plane's configuration.
@@ -128,6 +134,11 @@ func LoadControlPlane(env Lookup) (ControlPlane, error) {
 		RedisURL:            str(env, "REDIS_URL", ""),
 		BootstrapAPIKey:     str(env, "WRENN_BOOTSTRAP_API_KEY", ""),
 		BootstrapAdminEmail: str(env, "WRENN_BOOTSTRAP_ADMIN_EMAIL", "admin@localhost"),
+		CACertFile:          str(env, "WRENN_CA_CERT", ""),
+		CAKeyFile:           str(env, "WRENN_CA_KEY", ""),
+	}
+	if (c.CACertFile == "") != (c.CAKeyFile == "") {
+		p.addf("WRENN_CA_CERT and WRENN_CA_KEY must be set together (PEM files of the CA certificate and its key), or neither to use the generated CA")
 	}
 	c.PublicURL = str(env, "WRENN_PUBLIC_URL", "http://"+c.Listen)
 	checkDir(&p, "WRENN_DIR", c.Dir)
@@ -206,6 +217,12 @@ type Agent struct {
 	// AdvertiseURL is how the control plane reaches this agent
 	// (WRENN_AGENT_ADVERTISE_URL); it defaults to http:// plus Listen.
 	AdvertiseURL string
+	// TLS is whether the agent serves mutual TLS: it does exactly when
+	// AdvertiseURL is https, so the agent and the control plane (which
+	// dials https addresses with the internal CA and its client
+	// certificate) always agree. The agent asks for its certificate at
+	// registration and serves HTTPS with it.
+	TLS bool
 	// ControlPlaneURL is the control plane's base URL (WRENN_CP_URL).
 	ControlPlaneURL string
 	// RegistrationToken is the one-time token an admin got for this host
@@ -244,6 +261,7 @@ func LoadAgent(env Lookup) (Agent, error) {
 	checkDir(&p, "WRENN_DIR", c.Dir)
 	checkListen(&p, "WRENN_AGENT_LISTEN", c.Listen)
 	checkURL(&p, "WRENN_AGENT_ADVERTISE_URL", c.AdvertiseURL, "http", "https")
+	c.TLS = strings.HasPrefix(strings.ToLower(c.AdvertiseURL), "https://")
 	if c.ControlPlaneURL == "" {
 		p.addf("WRENN_CP_URL is required (for example http://127.0.0.1:8080)")
 	} else {

@@ -156,9 +156,25 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		return err
 	}
 
+	now := o.now
+	if now == nil {
+		now = time.Now
+	}
+	ca, err := LoadCA(ctx, pool, cfg, now(), log)
+	if err != nil {
+		return err
+	}
+	// Each replica has its own client certificate, made at start; agents
+	// accept any the CA signed for the control plane.
+	clientCert, err := ca.ClientCertificate(now())
+	if err != nil {
+		return fmt.Errorf("issue the control plane's client certificate: %w", err)
+	}
+	agentTLS := ca.ClientTLS(clientCert)
+
 	agents := o.agents
 	if agents == nil {
-		p := hostclient.NewPool()
+		p := hostclient.NewPool(agentTLS)
 		defer p.Close()
 		agents = p
 	}
@@ -177,11 +193,11 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 		placement = &pol
 	}
 	// Port traffic has a transport of its own, apart from the RPC pool.
-	proxyTransport := hostclient.NewProxyTransport()
+	proxyTransport := hostclient.NewProxyTransport(agentTLS)
 	defer proxyTransport.CloseIdleConnections()
 	metrics := api.NewMetrics()
 	a := api.New(api.Deps{
-		Metrics: metrics, Domain: cfg.Domain, ProxyTransport: proxyTransport,
+		Metrics: metrics, Domain: cfg.Domain, ProxyTransport: proxyTransport, CA: ca,
 		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement, PublicURL: cfg.PublicURL,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {

@@ -14,7 +14,7 @@ const createHost = `-- name: CreateHost :one
 
 INSERT INTO hosts (id, name, status, registration_token_hash, registration_expires_at)
 VALUES ($1, $2, 'registering', $3, $4)
-RETURNING id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at
+RETURNING id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at
 `
 
 type CreateHostParams struct {
@@ -47,12 +47,14 @@ func (q *Queries) CreateHost(ctx context.Context, arg CreateHostParams) (Host, e
 		&i.TokenHash,
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
+		&i.RefreshTokenHash,
+		&i.DeletedAt,
 	)
 	return i, err
 }
 
 const getHost = `-- name: GetHost :one
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts WHERE id = $1
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -72,12 +74,14 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.TokenHash,
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
+		&i.RefreshTokenHash,
+		&i.DeletedAt,
 	)
 	return i, err
 }
 
 const getHostByTokenHash = `-- name: GetHostByTokenHash :one
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts WHERE token_hash = $1
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE token_hash = $1
 `
 
 func (q *Queries) GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error) {
@@ -97,6 +101,8 @@ func (q *Queries) GetHostByTokenHash(ctx context.Context, tokenHash *string) (Ho
 		&i.TokenHash,
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
+		&i.RefreshTokenHash,
+		&i.DeletedAt,
 	)
 	return i, err
 }
@@ -194,7 +200,7 @@ func (q *Queries) HostUsage(ctx context.Context, hostIds []string) ([]HostUsageR
 }
 
 const listHostsByStatus = `-- name: ListHostsByStatus :many
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts WHERE status = $1 ORDER BY id
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE status = $1 ORDER BY id
 `
 
 func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host, error) {
@@ -220,6 +226,8 @@ func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host,
 			&i.TokenHash,
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
+			&i.RefreshTokenHash,
+			&i.DeletedAt,
 		); err != nil {
 			return nil, err
 		}
@@ -232,9 +240,17 @@ func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host,
 }
 
 const listHostsWithCounts = `-- name: ListHostsWithCounts :many
-SELECT h.id, h.name, h.address, h.runtime, h.status, h.vcpus, h.memory_mb, h.disk_mb, h.registration_token_hash, h.registration_expires_at, h.token_hash, h.last_heartbeat_at, h.created_at,
-       (SELECT count(*) FROM sandboxes s WHERE s.host_id = h.id AND s.status <> 'stopped')::bigint AS active_sandboxes
+SELECT h.id, h.name, h.address, h.runtime, h.status, h.vcpus, h.memory_mb, h.disk_mb, h.registration_token_hash, h.registration_expires_at, h.token_hash, h.last_heartbeat_at, h.created_at, h.refresh_token_hash, h.deleted_at,
+       coalesce(u.sandboxes, 0)::bigint AS active_sandboxes,
+       coalesce(u.vcpus, 0)::bigint AS used_vcpus,
+       coalesce(u.memory_mb, 0)::bigint AS used_memory_mb
 FROM hosts h
+LEFT JOIN LATERAL (
+    SELECT count(*) AS sandboxes, sum(s.vcpus) AS vcpus, sum(s.memory_mb) AS memory_mb
+    FROM sandboxes s
+    WHERE s.host_id = h.id AND s.status NOT IN ('stopped', 'error')
+) u ON true
+WHERE h.status <> 'deleted'
 ORDER BY h.created_at, h.id
 `
 
@@ -252,9 +268,15 @@ type ListHostsWithCountsRow struct {
 	TokenHash             *string
 	LastHeartbeatAt       *time.Time
 	CreatedAt             time.Time
+	RefreshTokenHash      *string
+	DeletedAt             *time.Time
 	ActiveSandboxes       int64
+	UsedVcpus             int64
+	UsedMemoryMb          int64
 }
 
+// Live hosts with what their sandboxes take (stopped and errored ones hold
+// nothing).
 func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCountsRow, error) {
 	rows, err := q.db.Query(ctx, listHostsWithCounts)
 	if err != nil {
@@ -278,7 +300,11 @@ func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCount
 			&i.TokenHash,
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
+			&i.RefreshTokenHash,
+			&i.DeletedAt,
 			&i.ActiveSandboxes,
+			&i.UsedVcpus,
+			&i.UsedMemoryMb,
 		); err != nil {
 			return nil, err
 		}
@@ -291,7 +317,7 @@ func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCount
 }
 
 const lockPlaceableHosts = `-- name: LockPlaceableHosts :many
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at FROM hosts
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts
 WHERE status = 'online' AND last_heartbeat_at > $1::timestamptz
 ORDER BY id
 FOR UPDATE
@@ -323,6 +349,8 @@ func (q *Queries) LockPlaceableHosts(ctx context.Context, heartbeatAfter time.Ti
 			&i.TokenHash,
 			&i.LastHeartbeatAt,
 			&i.CreatedAt,
+			&i.RefreshTokenHash,
+			&i.DeletedAt,
 		); err != nil {
 			return nil, err
 		}
@@ -386,21 +414,23 @@ UPDATE hosts
 SET registration_token_hash = NULL,
     registration_expires_at = NULL,
     token_hash = $1,
-    address = $2,
-    runtime = $3,
-    vcpus = $4,
-    memory_mb = $5,
-    disk_mb = $6,
+    refresh_token_hash = $2,
+    address = $3,
+    runtime = $4,
+    vcpus = $5,
+    memory_mb = $6,
+    disk_mb = $7,
     status = 'online',
-    last_heartbeat_at = $7
-WHERE registration_token_hash = $8
-  AND registration_expires_at > $7
+    last_heartbeat_at = $8
+WHERE registration_token_hash = $9
+  AND registration_expires_at > $8
   AND status = 'registering'
 RETURNING id
 `
 
 type RegisterHostParams struct {
 	TokenHash             *string
+	RefreshTokenHash      *string
 	Address               string
 	Runtime               string
 	Vcpus                 int32
@@ -416,6 +446,7 @@ type RegisterHostParams struct {
 func (q *Queries) RegisterHost(ctx context.Context, arg RegisterHostParams) (string, error) {
 	row := q.db.QueryRow(ctx, registerHost,
 		arg.TokenHash,
+		arg.RefreshTokenHash,
 		arg.Address,
 		arg.Runtime,
 		arg.Vcpus,

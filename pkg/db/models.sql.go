@@ -48,6 +48,8 @@ type Host struct {
 	TokenHash             *string
 	LastHeartbeatAt       *time.Time
 	CreatedAt             time.Time
+	RefreshTokenHash      *string
+	DeletedAt             *time.Time
 }
 
 type HostSandboxEvent struct {
@@ -55,6 +57,13 @@ type HostSandboxEvent struct {
 	HostID     string
 	SandboxID  string
 	ReceivedAt time.Time
+}
+
+type PkiCa struct {
+	ID        int32
+	CertPem   string
+	KeyPem    string
+	CreatedAt time.Time
 }
 
 type Sandbox struct {
@@ -76,6 +85,12 @@ type Sandbox struct {
 	StoppedAt   *time.Time
 	UpdatedAt   time.Time
 	MissingFrom *string
+}
+
+type SandboxTrafficToken struct {
+	SandboxID string
+	TokenHash string
+	CreatedAt time.Time
 }
 
 type Session struct {

@@ -36,6 +36,7 @@ type Querier interface {
 	// The key's team must still count its user as a member: a removed member's
 	// keys stop working without a separate revoke.
 	GetAPIKeyByHash(ctx context.Context, keyHash string) (GetAPIKeyByHashRow, error)
+	GetCA(ctx context.Context) (GetCARow, error)
 	GetHost(ctx context.Context, id string) (Host, error)
 	GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error)
 	GetMember(ctx context.Context, arg GetMemberParams) (GetMemberRow, error)
@@ -53,6 +54,8 @@ type Querier interface {
 	// host's default size, counted by the caller.
 	HostUsage(ctx context.Context, hostIds []string) ([]HostUsageRow, error)
 	InsertAudit(ctx context.Context, arg InsertAuditParams) error
+	// The first replica's CA wins; the others read it back.
+	InsertCA(ctx context.Context, arg InsertCAParams) error
 	// Sandboxes. Status changes only through the *If queries below: each is a
 	// compare-and-set on the expected status, so a writer that lost a race
 	// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
@@ -65,13 +68,18 @@ type Querier interface {
 	ListAllUsers(ctx context.Context) ([]ListAllUsersRow, error)
 	// Newest first; before is an exclusive cursor on id (0: from the newest).
 	ListAudit(ctx context.Context, arg ListAuditParams) ([]AuditLog, error)
+	// Sandboxes that still hold something on the host.
+	ListHostLiveSandboxes(ctx context.Context, hostID string) ([]ListHostLiveSandboxesRow, error)
 	ListHostsByStatus(ctx context.Context, status string) ([]Host, error)
+	// Live hosts with what their sandboxes take (stopped and errored ones hold
+	// nothing).
 	ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCountsRow, error)
 	// Everything the monitor reconciles on one host: every sandbox not stopped.
 	ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error)
 	ListMembers(ctx context.Context, teamID string) ([]ListMembersRow, error)
 	ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error)
 	ListUserTeams(ctx context.Context, userID string) ([]ListUserTeamsRow, error)
+	LockHost(ctx context.Context, id string) (Host, error)
 	// Online hosts with a recent heartbeat, locked (in id order, so concurrent
 	// placements cannot deadlock) until the placing transaction ends: two
 	// creates cannot both take a host's last room.
@@ -79,10 +87,17 @@ type Querier interface {
 	// Serialises membership changes of one team, so two owners demoting each
 	// other at once cannot leave it without an owner.
 	LockTeam(ctx context.Context, id string) (string, error)
+	// Tokens are cleared, so the host's credentials stop working at once.
+	MarkHostDeleted(ctx context.Context, arg MarkHostDeletedParams) error
 	// Online hosts whose last heartbeat is older than the cutoff.
 	MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([]string, error)
 	// Zero rows: the event was applied before (a retried callback).
 	RecordHostSandboxEvent(ctx context.Context, arg RecordHostSandboxEventParams) (int64, error)
+	// Host credentials: refresh, deletion, and the internal CA.
+	// Trades a refresh token for new tokens in one statement: of two concurrent
+	// refreshes with the same token one finds no row, and the old host token
+	// stops working at once.
+	RefreshHostTokens(ctx context.Context, arg RefreshHostTokensParams) (RefreshHostTokensRow, error)
 	// Single use by construction: the token hash is cleared in the same
 	// statement that checks it, so of two concurrent registrations one finds no
 	// row.
@@ -90,6 +105,8 @@ type Querier interface {
 	RemoveMember(ctx context.Context, arg RemoveMemberParams) (int64, error)
 	RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (int64, error)
 	SetSessionTeam(ctx context.Context, arg SetSessionTeamParams) error
+	// A forced host deletion: its sandboxes are gone with it.
+	StopHostSandboxes(ctx context.Context, hostID string) ([]StopHostSandboxesRow, error)
 	// A template is usable by a team when it is public or the team's own.
 	TemplateVisible(ctx context.Context, arg TemplateVisibleParams) (bool, error)
 	// At most one write a minute per key, so authentication stays a read.

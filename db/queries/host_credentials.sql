@@ -1,0 +1,46 @@
+-- Host credentials: refresh, deletion, and the internal CA.
+
+-- name: RefreshHostTokens :one
+-- Trades a refresh token for new tokens in one statement: of two concurrent
+-- refreshes with the same token one finds no row, and the old host token
+-- stops working at once.
+UPDATE hosts
+SET token_hash = sqlc.arg(token_hash),
+    refresh_token_hash = sqlc.arg(new_refresh_token_hash)
+WHERE refresh_token_hash = sqlc.arg(refresh_token_hash)
+  AND status <> 'deleted'
+RETURNING id, address;
+
+-- name: LockHost :one
+SELECT * FROM hosts WHERE id = $1 AND status <> 'deleted' FOR UPDATE;
+
+-- name: ListHostLiveSandboxes :many
+-- Sandboxes that still hold something on the host.
+SELECT id, team_id, status FROM sandboxes
+WHERE host_id = $1 AND status NOT IN ('stopped', 'error')
+ORDER BY id;
+
+-- name: StopHostSandboxes :many
+-- A forced host deletion: its sandboxes are gone with it.
+UPDATE sandboxes SET status = 'stopped', updated_at = now()
+WHERE host_id = $1 AND status NOT IN ('stopped', 'error')
+RETURNING id, team_id;
+
+-- name: MarkHostDeleted :exec
+-- Tokens are cleared, so the host's credentials stop working at once.
+UPDATE hosts
+SET status = 'deleted',
+    deleted_at = sqlc.arg(now),
+    token_hash = NULL,
+    refresh_token_hash = NULL,
+    registration_token_hash = NULL,
+    registration_expires_at = NULL
+WHERE id = sqlc.arg(id);
+
+-- name: GetCA :one
+SELECT cert_pem, key_pem FROM pki_ca WHERE id = 1;
+
+-- name: InsertCA :exec
+-- The first replica's CA wins; the others read it back.
+INSERT INTO pki_ca (id, cert_pem, key_pem) VALUES (1, $1, $2)
+ON CONFLICT (id) DO NOTHING;
