@@ -93,6 +93,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if _, err := c.Step(ctx); err != nil && ctx.Err() == nil {
 			c.o.Logger.Warn("consume events", "err", err)
+			// A Redis that restarted without persistence lost the group:
+			// recreate it, or the consumer would fail forever.
+			if isNoGroup(err) {
+				if gerr := c.ensureGroup(ctx); gerr != nil {
+					c.o.Logger.Warn("recreate event consumer group", "err", gerr)
+				}
+			}
 			sleep(ctx, time.Second)
 		}
 	}
@@ -221,4 +228,11 @@ func messageTime(id string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.UnixMilli(n), true
+}
+
+// isNoGroup reports whether err, however wrapped, is Redis saying the
+// consumer group does not exist.
+func isNoGroup(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "NOGROUP")
 }
