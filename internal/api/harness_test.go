@@ -45,7 +45,7 @@ func (c *clock) Add(d time.Duration) {
 }
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	pool  *pgxpool.Pool
 	q     *db.Queries
 	api   *API
@@ -68,7 +68,7 @@ func withRedis(e *env, d *Deps) {
 	d.Events = events.NewRedisPublisher(e.redis)
 }
 
-func newEnv(t *testing.T, opts ...envOpt) *env {
+func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, testenv.Postgres(t))
@@ -128,7 +128,7 @@ func (e *env) host(name string) string {
 	return h.ID
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +141,7 @@ type resp struct {
 	hdr    http.Header
 }
 
-func (r resp) decode(t *testing.T, v any) {
+func (r resp) decode(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decode %s: %v", r.body, err)
@@ -149,7 +149,7 @@ func (r resp) decode(t *testing.T, v any) {
 }
 
 // errCode returns the error body's code and message.
-func (r resp) errCode(t *testing.T) (string, string) {
+func (r resp) errCode(t testing.TB) (string, string) {
 	t.Helper()
 	var b errorBody
 	r.decode(t, &b)
