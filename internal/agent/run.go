@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -102,6 +103,12 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	// With an https advertise URL the agent serves mutual TLS; handshakes
+	// fail until registration gives it its certificate.
+	serverTLS := &ServerTLS{KeyPath: filepath.Join(cfg.Dir, "agent", "tls-key.pem")}
+	if cfg.TLS {
+		ln = tls.NewListener(ln, serverTLS.Config())
+	}
 	srv := &http.Server{
 		Handler:           portProxy.Handler(mux),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -114,7 +121,7 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	srv.Protocols.SetHTTP1(true)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("host agent listening", "addr", ln.Addr().String(), "runtime", rt.Name())
+	log.Info("host agent listening", "addr", ln.Addr().String(), "runtime", rt.Name(), "mtls", cfg.TLS)
 
 	// The watch loop pauses idle sandboxes and notices dead ones; its
 	// events wait in the reporter until registration gives it the token.
@@ -143,6 +150,17 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		DataDir:   cfg.Dir,
 		Client:    cpClient,
 		Logger:    log,
+		TLS:       cfg.TLS,
+		KeyPath:   serverTLS.KeyPath,
+		OnCredentials: func(c Credentials) error {
+			if cfg.TLS {
+				if err := serverTLS.Update(c); err != nil {
+					return err
+				}
+			}
+			reporter.SetToken(c.HostToken)
+			return nil
+		},
 	}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	defer stopHB()
@@ -153,9 +171,8 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 			regErr <- err
 			return
 		}
-		reporter.SetToken(creds.HostToken)
 		log.Info("registered with control plane", "host_id", creds.HostID)
-		reg.HeartbeatLoop(hbCtx, creds, heartbeatInterval)
+		reg.HeartbeatLoop(hbCtx, heartbeatInterval)
 	}()
 
 	select {
@@ -236,7 +253,7 @@ func registerWithRetry(ctx context.Context, reg *Registrar, token string, log *s
 	for {
 		creds, err := reg.Register(ctx, token)
 		if err == nil {
-			return creds, reg.Heartbeat(ctx, creds)
+			return creds, reg.Heartbeat(ctx)
 		}
 		var ne net.Error
 		var oe *net.OpError
