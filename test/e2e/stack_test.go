@@ -162,6 +162,9 @@ func (p *process) tail() string {
 type stackOptions struct {
 	// runtime is the agent's WRENN_RUNTIME; "auto" (runc) by default.
 	runtime string
+	// cpEnv and agentEnv are KEY=value pairs added after the stack's own,
+	// so they override them (os/exec keeps the last value of a key).
+	cpEnv, agentEnv []string
 }
 
 // stackOption changes one of the stackOptions.
@@ -171,6 +174,16 @@ type stackOption func(*stackOptions)
 // that runtime's binary instead of runc's.
 func withRuntime(name string) stackOption {
 	return func(o *stackOptions) { o.runtime = name }
+}
+
+// withEnv adds KEY=value pairs to the control plane's and the agent's
+// environment, overriding the stack's defaults (for example a larger
+// WRENN_CPU_OVERCOMMIT or WRENN_SANDBOX_CIDR for a density run).
+func withEnv(cp, agent []string) stackOption {
+	return func(o *stackOptions) {
+		o.cpEnv = append(o.cpEnv, cp...)
+		o.agentEnv = append(o.agentEnv, agent...)
+	}
 }
 
 // startStack brings up the whole platform and returns a client for it.
@@ -207,7 +220,7 @@ func startStack(t testing.TB, opts ...stackOption) *stack {
 	}
 	t.Cleanup(s.client.CloseIdleConnections)
 
-	cp := startProcess(t, dir, "control-plane", filepath.Join(bins, "wrenn-cp"), []string{
+	cp := startProcess(t, dir, "control-plane", filepath.Join(bins, "wrenn-cp"), append([]string{
 		"WRENN_DIR=" + dir,
 		fmt.Sprintf("WRENN_CP_LISTEN=127.0.0.1:%d", cpPort),
 		"DATABASE_URL=" + dsn,
@@ -215,7 +228,7 @@ func startStack(t testing.TB, opts ...stackOption) *stack {
 		"WRENN_BOOTSTRAP_API_KEY=" + s.apiKey,
 		"WRENN_DOMAIN=" + proxyDomain,
 		"LOG_LEVEL=debug",
-	})
+	}, o.cpEnv...))
 	s.waitFor("control plane health", 30*time.Second, cp, func() bool {
 		resp, err := s.client.Get(s.apiURL + "/healthz")
 		if err != nil {
@@ -242,6 +255,7 @@ func startStack(t testing.TB, opts ...stackOption) *stack {
 		"WRENN_AGENT_SHUTDOWN=destroy",
 		"LOG_LEVEL=debug",
 	}
+	s.agentEnv = append(s.agentEnv, o.agentEnv...)
 	agent := startProcess(t, dir, "host-agent", s.agentBin, append(slices.Clone(s.agentEnv), "WRENN_REGISTRATION_TOKEN="+host.Token))
 	s.agent = agent
 	s.waitFor("host online", 60*time.Second, agent, func() bool {
