@@ -21,10 +21,17 @@ WHERE host_id = $1 AND status NOT IN ('stopped', 'error')
 ORDER BY id;
 
 -- name: StopHostSandboxes :many
--- A forced host deletion: its sandboxes are gone with it.
-UPDATE sandboxes SET status = 'stopped', updated_at = now()
-WHERE host_id = $1 AND status NOT IN ('stopped', 'error')
-RETURNING id, team_id;
+-- A forced host deletion: its sandboxes are gone with it. Answers each
+-- sandbox's status before, for the events that announce the change.
+WITH live AS (
+    SELECT sb.id, sb.status FROM sandboxes sb
+    WHERE sb.host_id = sqlc.arg(host_id)::text AND sb.status NOT IN ('stopped', 'error')
+    FOR UPDATE
+)
+UPDATE sandboxes s SET status = 'stopped', updated_at = now()
+FROM live
+WHERE s.id = live.id
+RETURNING s.id, s.team_id, live.status AS previous_status;
 
 -- name: MarkHostDeleted :exec
 -- Tokens are cleared, so the host's credentials stop working at once.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,7 +10,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
 	"github.com/wrenn/wrenn/pkg/db"
+	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
 // HostCredentials is what registration and refresh answer: the host's
@@ -135,7 +138,7 @@ func (a *API) deleteHost(w http.ResponseWriter, r *http.Request) {
 				return fmt.Errorf("stop the host's sandboxes: %w", err)
 			}
 			for _, s := range rows {
-				live = append(live, hostSandbox{ID: s.ID, TeamID: s.TeamID})
+				live = append(live, hostSandbox{ID: s.ID, TeamID: s.TeamID, Status: s.PreviousStatus})
 			}
 		}
 		return q.MarkHostDeleted(r.Context(), db.MarkHostDeletedParams{ID: hostID, Now: ptr(a.d.Now())})
@@ -152,8 +155,15 @@ func (a *API) deleteHost(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, fmt.Errorf("delete host %s: %w", hostID, err))
 		return
 	}
+	// Watchers and the audit trail learn of each sandbox that went with
+	// the host; the consumer finds them stopped already (a no-op).
+	actor := principal(r).Actor()
 	for _, s := range live {
 		a.reqLog(r).Warn("sandbox stopped by forced host deletion", "host_id", hostID, "sandbox_id", s.ID, "team_id", s.TeamID)
+		a.publish(context.WithoutCancel(r.Context()), a.reqLog(r), events.Event{
+			SandboxID: s.ID, TeamID: s.TeamID, HostID: hostID, From: lifecycle.Status(s.Status), To: lifecycle.Stopped,
+			Actor: actor, Error: "its host was deleted",
+		})
 	}
 	a.reqLog(r).Info("host deleted", "host_id", hostID, "forced", force, "stopped_sandboxes", len(live))
 	w.WriteHeader(http.StatusNoContent)

@@ -1,14 +1,18 @@
 package api
 
 import (
+	"context"
 	"crypto/x509"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/pki"
+	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
 // withCA gives the API a fresh certificate authority.
@@ -161,9 +165,34 @@ func TestRefreshRotatesCredentials(t *testing.T) {
 	}
 }
 
+// recordingPublisher keeps the events it is given.
+type recordingPublisher struct {
+	mu  sync.Mutex
+	evs []events.Event
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, e events.Event) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.evs = append(p.evs, e)
+	return nil
+}
+
+func (p *recordingPublisher) find(sid string, to lifecycle.Status) *events.Event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.evs {
+		if e.SandboxID == sid && e.To == to {
+			return &e
+		}
+	}
+	return nil
+}
+
 func TestDeleteHost(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, withCA)
+	pub := &recordingPublisher{}
+	e := newEnv(t, withCA, func(_ *env, d *Deps) { d.Events = pub })
 	_, admin := e.team(true)
 	_, user := e.team(false)
 	r, c := e.registerAgent(admin, "h1", "http://127.0.0.1:9090", "")
@@ -208,6 +237,9 @@ func TestDeleteHost(t *testing.T) {
 	must(t, e.pool.QueryRow(t.Context(), "SELECT status FROM sandboxes WHERE id = $1", sid).Scan(&status))
 	if status != "stopped" {
 		t.Errorf("sandbox of a deleted host is %s, want stopped", status)
+	}
+	if ev := pub.find(sid, lifecycle.Stopped); ev == nil || ev.From != lifecycle.Running || ev.HostID != c.HostID {
+		t.Errorf("no running -> stopped event for the forced deletion: %+v", ev)
 	}
 	if s := e.heartbeatStatus(c.HostToken); s != http.StatusUnauthorized {
 		t.Errorf("deleted host's token: %d, want 401", s)

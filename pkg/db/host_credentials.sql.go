@@ -157,17 +157,25 @@ func (q *Queries) RefreshHostTokens(ctx context.Context, arg RefreshHostTokensPa
 }
 
 const stopHostSandboxes = `-- name: StopHostSandboxes :many
-UPDATE sandboxes SET status = 'stopped', updated_at = now()
-WHERE host_id = $1 AND status NOT IN ('stopped', 'error')
-RETURNING id, team_id
+WITH live AS (
+    SELECT sb.id, sb.status FROM sandboxes sb
+    WHERE sb.host_id = $1::text AND sb.status NOT IN ('stopped', 'error')
+    FOR UPDATE
+)
+UPDATE sandboxes s SET status = 'stopped', updated_at = now()
+FROM live
+WHERE s.id = live.id
+RETURNING s.id, s.team_id, live.status AS previous_status
 `
 
 type StopHostSandboxesRow struct {
-	ID     string
-	TeamID string
+	ID             string
+	TeamID         string
+	PreviousStatus string
 }
 
-// A forced host deletion: its sandboxes are gone with it.
+// A forced host deletion: its sandboxes are gone with it. Answers each
+// sandbox's status before, for the events that announce the change.
 func (q *Queries) StopHostSandboxes(ctx context.Context, hostID string) ([]StopHostSandboxesRow, error) {
 	rows, err := q.db.Query(ctx, stopHostSandboxes, hostID)
 	if err != nil {
@@ -177,7 +185,7 @@ func (q *Queries) StopHostSandboxes(ctx context.Context, hostID string) ([]StopH
 	items := []StopHostSandboxesRow{}
 	for rows.Next() {
 		var i StopHostSandboxesRow
-		if err := rows.Scan(&i.ID, &i.TeamID); err != nil {
+		if err := rows.Scan(&i.ID, &i.TeamID, &i.PreviousStatus); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
