@@ -165,6 +165,10 @@ func (a *API) deleteHost(w http.ResponseWriter, r *http.Request) {
 			Actor: actor, Error: "its host was deleted",
 		})
 	}
+	// The pool's cached client for the host goes too.
+	if f, ok := a.d.Agents.(interface{ Forget(hostID string) }); ok {
+		f.Forget(hostID)
+	}
 	a.reqLog(r).Info("host deleted", "host_id", hostID, "forced", force, "stopped_sandboxes", len(live))
 	w.WriteHeader(http.StatusNoContent)
 }
