@@ -105,7 +105,8 @@ type Querier interface {
 	RemoveMember(ctx context.Context, arg RemoveMemberParams) (int64, error)
 	RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (int64, error)
 	SetSessionTeam(ctx context.Context, arg SetSessionTeamParams) error
-	// A forced host deletion: its sandboxes are gone with it.
+	// A forced host deletion: its sandboxes are gone with it. Answers each
+	// sandbox's status before, for the events that announce the change.
 	StopHostSandboxes(ctx context.Context, hostID string) ([]StopHostSandboxesRow, error)
 	// A template is usable by a team when it is public or the team's own.
 	TemplateVisible(ctx context.Context, arg TemplateVisibleParams) (bool, error)
