@@ -52,6 +52,11 @@ func BenchmarkIdleDensity(b *testing.B) {
 		[]string{"WRENN_CPU_OVERCOMMIT=100"},
 		[]string{"WRENN_SANDBOX_CIDR=10.112.0.0/20", "LOG_LEVEL=info"},
 	))
+	b.Cleanup(func() {
+		if b.Failed() {
+			b.Logf("host agent says:\n%s", s.agent.tail())
+		}
+	})
 	before := snapshotResources(b, s.dir)
 	agent := s.agentClient()
 	ctx := context.Background()
@@ -151,7 +156,7 @@ func BenchmarkIdleDensity(b *testing.B) {
 	start2 := time.Now()
 	if len(viaAPI) < n && firstError == nil {
 		stopped = false
-		errs = parallel(4, n-len(viaAPI), func(int) error {
+		errs = parallel(8, n-len(viaAPI), func(int) error {
 			mu.Lock()
 			if stopped {
 				mu.Unlock()
@@ -251,6 +256,10 @@ func BenchmarkIdleDensity(b *testing.B) {
 		}
 		b.ReportMetric(float64(count)/execElapsed.Seconds(), "execs/s")
 		b.ReportMetric(0, "ns/op")
+		// Also in the log: metrics are not printed when the run fails.
+		b.Logf("%d sandboxes (%d via the API), %d answered; cgroup usage %.1f MiB in all, %.2f MiB/sb (anon %.2f MiB/sb); agent RSS %+.2f MiB/sb; host MemAvailable drop %.2f MiB/sb; %.1f processes/sb; idle CPU %.3f cores in all",
+			count, len(viaAPI), answered, float64(usage)/(1<<20), per(float64(usage))/(1<<20), per(float64(rss))/(1<<20),
+			per(growth)/(1<<20), per(float64(avail0)-float64(avail1))/(1<<20), float64(procs)/float64(count), idleCPU)
 	}
 	if count < n {
 		b.Logf("reached %d of %d: API: %s; agent: %s", count, n, apiStop, agentStop)
