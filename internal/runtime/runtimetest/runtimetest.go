@@ -465,6 +465,7 @@ func testPidsLimit(t *testing.T, h Harness) {
 	script := `mkfifo /idle
 exec 3<>/idle
 bomb() { while true; do bomb & bomb & wait; done; }
+` + "sleep " + startDelay(h) + `
 bomb &
 echo started > /bomb
 while true; do read -t 1 x <&3; done`
@@ -475,7 +476,7 @@ while true; do read -t 1 x <&3; done`
 	// own included: the limit it is held to is Pids plus that overhead.
 	hostLimit := uint64(limit + h.PidsOverhead)
 	var peak uint64
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(3*time.Second + bombDelay(h))
 	for time.Now().Before(deadline) {
 		st, err := rt.Stats(ctx, s.spec.ID)
 		if err != nil {
@@ -515,6 +516,20 @@ while true; do read -t 1 x <&3; done`
 	}
 	s.requireGone(t, h)
 }
+
+// bombDelay is how long the fork bomb waits after the init starts. On
+// gVisor the bomb kills the whole sandbox at the host pids limit (see
+// below), and if it does so before Create has seen the init running, Create
+// fails instead of the containment being observed; the delay lets Create
+// finish first. runc needs none.
+func bombDelay(h Harness) time.Duration {
+	if h.GVisor {
+		return 2 * time.Second
+	}
+	return 0
+}
+
+func startDelay(h Harness) string { return fmt.Sprint(bombDelay(h).Seconds()) }
 
 func testCPUQuota(t *testing.T, h Harness) {
 	rt := h.New(t)
