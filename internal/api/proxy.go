@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/wrenn/wrenn/internal/proxy"
 	"github.com/wrenn/wrenn/pkg/auth"
+	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/id"
 )
 
@@ -49,7 +50,7 @@ type createdJSON struct {
 // returns the token.
 func (a *API) newTrafficToken(ctx context.Context, sandboxID string) (string, error) {
 	token := "wrt_" + id.Secret(16)
-	if _, err := a.d.DB.Exec(ctx, `INSERT INTO sandbox_traffic_tokens (sandbox_id, token_hash) VALUES ($1, $2)`, sandboxID, hashSecret(token)); err != nil {
+	if err := a.q.InsertTrafficToken(ctx, db.InsertTrafficTokenParams{SandboxID: sandboxID, TokenHash: hashSecret(token)}); err != nil {
 		return "", fmt.Errorf("store traffic token of %s: %w", sandboxID, err)
 	}
 	return token, nil
@@ -182,12 +183,8 @@ func (a *API) portRoute(ctx context.Context, sandboxID string) (portRoute, error
 	if r, ok := a.portRoutes.get(sandboxID, now); ok {
 		return r, nil
 	}
-	var status, address string
-	var tokenHash *string
-	err := a.d.DB.QueryRow(ctx,
-		`SELECT s.status, h.address, t.token_hash FROM sandboxes s JOIN hosts h ON h.id = s.host_id
-		 LEFT JOIN sandbox_traffic_tokens t ON t.sandbox_id = s.id WHERE s.id = $1`,
-		sandboxID).Scan(&status, &address, &tokenHash)
+	row, err := a.q.GetPortRoute(ctx, sandboxID)
+	status, address, tokenHash := row.Status, row.Address, row.TokenHash
 	switch {
 	case errors.Is(err, pgx.ErrNoRows), err == nil && (status == "stopped" || status == "error"):
 		// A destroyed sandbox's row stays for the record; its ports are

@@ -41,6 +41,9 @@ type Querier interface {
 	GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error)
 	GetMember(ctx context.Context, arg GetMemberParams) (GetMemberRow, error)
 	GetMembership(ctx context.Context, arg GetMembershipParams) (string, error)
+	// The sandbox's status, its host's address and, for a private sandbox, the
+	// hash of its traffic token.
+	GetPortRoute(ctx context.Context, sandboxID string) (GetPortRouteRow, error)
 	GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox, error)
 	// For agent callbacks: a sandbox of another host is "not found".
 	GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostParams) (Sandbox, error)
@@ -63,6 +66,8 @@ type Querier interface {
 	// since it was read (updated_at), for writers like the host monitor whose
 	// decision rests on a read that an A-B-A round trip could make stale.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	// Port traffic: private sandboxes' tokens and the route of a sandbox's ports.
+	InsertTrafficToken(ctx context.Context, arg InsertTrafficTokenParams) error
 	ListAPIKeys(ctx context.Context, teamID string) ([]ListAPIKeysRow, error)
 	ListAllTeams(ctx context.Context) ([]ListAllTeamsRow, error)
 	ListAllUsers(ctx context.Context) ([]ListAllUsersRow, error)
