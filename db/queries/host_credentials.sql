@@ -1,13 +1,21 @@
 -- Host credentials: refresh, deletion, and the internal CA.
 
 -- name: RefreshHostTokens :one
--- Trades a refresh token for new tokens in one statement: of two concurrent
--- refreshes with the same token one finds no row, and the old host token
--- stops working at once.
+-- Trades a refresh token for new tokens in one statement; the old host
+-- token stops working at once. The refresh token this replaces is kept as
+-- prev_refresh_token_hash and is accepted again until a heartbeat with the
+-- new host token clears it: if the answer to a refresh is lost, the agent
+-- retries with the token it still has instead of being locked out. A retry
+-- keeps prev as it was, so only the newest pair and the one the host last
+-- confirmed ever work.
 UPDATE hosts
 SET token_hash = sqlc.arg(token_hash),
-    refresh_token_hash = sqlc.arg(new_refresh_token_hash)
-WHERE refresh_token_hash = sqlc.arg(refresh_token_hash)
+    refresh_token_hash = sqlc.arg(new_refresh_token_hash),
+    prev_refresh_token_hash = CASE
+        WHEN refresh_token_hash = sqlc.arg(refresh_token_hash) THEN refresh_token_hash
+        ELSE prev_refresh_token_hash
+    END
+WHERE (refresh_token_hash = sqlc.arg(refresh_token_hash) OR prev_refresh_token_hash = sqlc.arg(refresh_token_hash))
   AND status <> 'deleted'
 RETURNING id, address;
 
@@ -40,6 +48,7 @@ SET status = 'deleted',
     deleted_at = sqlc.arg(now),
     token_hash = NULL,
     refresh_token_hash = NULL,
+    prev_refresh_token_hash = NULL,
     registration_token_hash = NULL,
     registration_expires_at = NULL
 WHERE id = sqlc.arg(id);

@@ -27,8 +27,11 @@ WHERE registration_token_hash = sqlc.arg(registration_token_hash)
 RETURNING id;
 
 -- name: HeartbeatHost :one
+-- A heartbeat with the host token proves the host holds its newest
+-- credentials, so the refresh token they replaced stops working.
 UPDATE hosts
-SET address = sqlc.arg(address),
+SET prev_refresh_token_hash = NULL,
+    address = sqlc.arg(address),
     runtime = sqlc.arg(runtime),
     vcpus = sqlc.arg(vcpus),
     memory_mb = sqlc.arg(memory_mb),

@@ -256,10 +256,31 @@ func writeFileAtomic(path string, b []byte) error {
 	return os.Rename(tmp, path)
 }
 
-// Heartbeat sends one heartbeat with the current host token.
+// Heartbeat sends one heartbeat with the current host token. A host token
+// the control plane refuses while a refresh token is held means a refresh
+// rotated it but its answer never arrived (or was never stored): the
+// control plane still takes the refresh token this agent has until a
+// heartbeat confirms newer ones, so refresh and try once more.
 func (r *Registrar) Heartbeat(ctx context.Context) error {
+	err := r.post(ctx, "/v1/hosts/heartbeat", r.Current().HostToken, r.info(), nil)
+	var se *statusError
+	if !errors.As(err, &se) || se.Code != http.StatusUnauthorized || r.Current().RefreshToken == "" {
+		return err
+	}
+	r.Logger.Warn("host token refused; refreshing credentials", "host_id", r.Current().HostID, "err", err)
+	if _, rerr := r.Refresh(ctx); rerr != nil {
+		return fmt.Errorf("%w (and %v)", err, rerr)
+	}
 	return r.post(ctx, "/v1/hosts/heartbeat", r.Current().HostToken, r.info(), nil)
 }
+
+// statusError is a control-plane answer other than 2xx.
+type statusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *statusError) Error() string { return e.Msg }
 
 // HeartbeatLoop sends a heartbeat every interval until ctx ends, and with
 // TLS refreshes the credentials when the certificate has less than a third
@@ -315,9 +336,9 @@ func (r *Registrar) post(ctx context.Context, path, token string, in, out any) e
 			Error struct{ Message string } `json:"error"`
 		}
 		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("%s: %s", resp.Status, e.Error.Message)
+			return &statusError{Code: resp.StatusCode, Msg: resp.Status + ": " + e.Error.Message}
 		}
-		return fmt.Errorf("%s", resp.Status)
+		return &statusError{Code: resp.StatusCode, Msg: resp.Status}
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {

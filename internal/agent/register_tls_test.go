@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -30,6 +31,7 @@ type fakeCP struct {
 	seq  int
 	tok  string // current host token
 	ref  string // current refresh token
+	prev string // refresh token still taken until a heartbeat confirms tok
 	hits map[string]int
 }
 
@@ -57,7 +59,15 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/hosts/register":
 		issue()
 	case "/v1/hosts/refresh":
-		if body["refresh_token"] != f.ref {
+		switch body["refresh_token"] {
+		case f.ref:
+			f.prev = f.ref
+		case f.prev:
+			if f.prev == "" {
+				http.Error(w, `{"error":{"message":"bad refresh token"}}`, http.StatusUnauthorized)
+				return
+			}
+		default:
 			http.Error(w, `{"error":{"message":"bad refresh token"}}`, http.StatusUnauthorized)
 			return
 		}
@@ -67,6 +77,7 @@ func (f *fakeCP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error":{"message":"invalid host token"}}`, http.StatusUnauthorized)
 			return
 		}
+		f.prev = ""
 		w.WriteHeader(http.StatusNoContent)
 	default:
 		http.NotFound(w, r)
@@ -219,5 +230,63 @@ func TestServerTLSRefusesBeforeRegistration(t *testing.T) {
 	}
 	if err := s.Update(Credentials{}); err == nil {
 		t.Error("update without a key succeeded")
+	}
+}
+
+// TestHeartbeatRecoversLostRefresh: a refresh rotated the tokens but its
+// answer never reached the agent. The next heartbeat is refused, so the
+// agent refreshes with the refresh token it still has and carries on.
+func TestHeartbeatRecoversLostRefresh(t *testing.T) {
+	t.Parallel()
+	ca, _, err := pki.NewCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := &fakeCP{t: t, ca: ca, now: time.Now, hits: map[string]int{}}
+	cpSrv := httptest.NewServer(cp)
+	defer cpSrv.Close()
+	dir := t.TempDir()
+	reg := &Registrar{
+		CPURL: cpSrv.URL, Address: "https://127.0.0.1:1", Runtime: "fake",
+		CredsPath: filepath.Join(dir, "credentials.json"), DataDir: dir,
+		Client: cpSrv.Client(), Logger: slog.New(slog.DiscardHandler),
+		TLS: true, KeyPath: filepath.Join(dir, "tls-key.pem"), Now: time.Now,
+	}
+	ctx := context.Background()
+	c, err := reg.Register(ctx, "wrr_token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The refresh the control plane answered, lost on the way back.
+	lost, err := json.Marshal(map[string]string{"refresh_token": c.RefreshToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cpSrv.Client().Post(cpSrv.URL+"/v1/hosts/refresh", "application/json", bytes.NewReader(lost))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("refresh behind the agent's back: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	if err := reg.Heartbeat(ctx); err != nil {
+		t.Fatalf("heartbeat after a lost refresh: %v", err)
+	}
+	cur := reg.Current()
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cur.HostToken == c.HostToken || cur.HostToken != cp.tok || cur.RefreshToken != cp.ref {
+		t.Errorf("agent holds %+v, control plane %s/%s", cur, cp.tok, cp.ref)
+	}
+	if cp.hits["/v1/hosts/heartbeat"] != 2 || cp.hits["/v1/hosts/refresh"] != 2 {
+		t.Errorf("hits %v, want 2 heartbeats (refused, then accepted) and 2 refreshes", cp.hits)
+	}
+	// What the agent stored is what it uses: a restart keeps working.
+	b, err := os.ReadFile(reg.CredsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored Credentials
+	if err := json.Unmarshal(b, &stored); err != nil || stored.HostToken != cur.HostToken {
+		t.Errorf("stored %+v, %v", stored, err)
 	}
 }

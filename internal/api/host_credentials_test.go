@@ -165,6 +165,59 @@ func TestRefreshRotatesCredentials(t *testing.T) {
 	}
 }
 
+// TestRefreshAnswerLost: an agent that never got the answer to its refresh
+// still holds only the old tokens. Its host token is dead, but its refresh
+// token trades again, until a heartbeat with the newest host token shows
+// the host has them; the pair whose answer was lost never works.
+func TestRefreshAnswerLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, withCA)
+	_, admin := e.team(true)
+	r, c := e.registerAgent(admin, "h1", "https://agent.example:9090", newCSR(t))
+	if r.status != http.StatusOK {
+		t.Fatalf("register: %d %s", r.status, r.body)
+	}
+	refresh := func(token string) (int, HostCredentials) {
+		r := e.do("POST", "/v1/hosts/refresh", "", map[string]any{"refresh_token": token})
+		var n HostCredentials
+		if r.status == http.StatusOK {
+			r.decode(t, &n)
+		}
+		return r.status, n
+	}
+	status, lost := refresh(c.RefreshToken)
+	if status != http.StatusOK {
+		t.Fatalf("first refresh: %d", status)
+	}
+	if s := e.heartbeatStatus(c.HostToken); s != http.StatusUnauthorized {
+		t.Errorf("old host token after refresh: %d, want 401", s)
+	}
+	status, got := refresh(c.RefreshToken)
+	if status != http.StatusOK {
+		t.Fatalf("retry with the refresh token the agent still has: %d, want 200", status)
+	}
+	if got.HostID != c.HostID || got.HostToken == lost.HostToken || got.RefreshToken == lost.RefreshToken {
+		t.Fatalf("retry answered %+v", got)
+	}
+	if s := e.heartbeatStatus(lost.HostToken); s != http.StatusUnauthorized {
+		t.Errorf("host token of the lost answer: %d, want 401", s)
+	}
+	if s, _ := refresh(lost.RefreshToken); s != http.StatusUnauthorized {
+		t.Errorf("refresh token of the lost answer: %d, want 401", s)
+	}
+	if s := e.heartbeatStatus(got.HostToken); s != http.StatusNoContent {
+		t.Fatalf("heartbeat with the new host token: %d", s)
+	}
+	// The heartbeat confirmed the new credentials: the old refresh token
+	// is spent for good, the new one works.
+	if s, _ := refresh(c.RefreshToken); s != http.StatusUnauthorized {
+		t.Errorf("old refresh token after the host confirmed new ones: %d, want 401", s)
+	}
+	if s, _ := refresh(got.RefreshToken); s != http.StatusOK {
+		t.Errorf("current refresh token: %d", s)
+	}
+}
+
 // recordingPublisher keeps the events it is given.
 type recordingPublisher struct {
 	mu  sync.Mutex

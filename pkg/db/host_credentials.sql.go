@@ -76,7 +76,7 @@ func (q *Queries) ListHostLiveSandboxes(ctx context.Context, hostID string) ([]L
 }
 
 const lockHost = `-- name: LockHost :one
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE id = $1 AND status <> 'deleted' FOR UPDATE
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at, prev_refresh_token_hash FROM hosts WHERE id = $1 AND status <> 'deleted' FOR UPDATE
 `
 
 func (q *Queries) LockHost(ctx context.Context, id string) (Host, error) {
@@ -98,6 +98,7 @@ func (q *Queries) LockHost(ctx context.Context, id string) (Host, error) {
 		&i.CreatedAt,
 		&i.RefreshTokenHash,
 		&i.DeletedAt,
+		&i.PrevRefreshTokenHash,
 	)
 	return i, err
 }
@@ -108,6 +109,7 @@ SET status = 'deleted',
     deleted_at = $1,
     token_hash = NULL,
     refresh_token_hash = NULL,
+    prev_refresh_token_hash = NULL,
     registration_token_hash = NULL,
     registration_expires_at = NULL
 WHERE id = $2
@@ -128,8 +130,12 @@ const refreshHostTokens = `-- name: RefreshHostTokens :one
 
 UPDATE hosts
 SET token_hash = $1,
-    refresh_token_hash = $2
-WHERE refresh_token_hash = $3
+    refresh_token_hash = $2,
+    prev_refresh_token_hash = CASE
+        WHEN refresh_token_hash = $3 THEN refresh_token_hash
+        ELSE prev_refresh_token_hash
+    END
+WHERE (refresh_token_hash = $3 OR prev_refresh_token_hash = $3)
   AND status <> 'deleted'
 RETURNING id, address
 `
@@ -146,9 +152,13 @@ type RefreshHostTokensRow struct {
 }
 
 // Host credentials: refresh, deletion, and the internal CA.
-// Trades a refresh token for new tokens in one statement: of two concurrent
-// refreshes with the same token one finds no row, and the old host token
-// stops working at once.
+// Trades a refresh token for new tokens in one statement; the old host
+// token stops working at once. The refresh token this replaces is kept as
+// prev_refresh_token_hash and is accepted again until a heartbeat with the
+// new host token clears it: if the answer to a refresh is lost, the agent
+// retries with the token it still has instead of being locked out. A retry
+// keeps prev as it was, so only the newest pair and the one the host last
+// confirmed ever work.
 func (q *Queries) RefreshHostTokens(ctx context.Context, arg RefreshHostTokensParams) (RefreshHostTokensRow, error) {
 	row := q.db.QueryRow(ctx, refreshHostTokens, arg.TokenHash, arg.NewRefreshTokenHash, arg.RefreshTokenHash)
 	var i RefreshHostTokensRow

@@ -14,7 +14,7 @@ const createHost = `-- name: CreateHost :one
 
 INSERT INTO hosts (id, name, status, registration_token_hash, registration_expires_at)
 VALUES ($1, $2, 'registering', $3, $4)
-RETURNING id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at
+RETURNING id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at, prev_refresh_token_hash
 `
 
 type CreateHostParams struct {
@@ -49,12 +49,13 @@ func (q *Queries) CreateHost(ctx context.Context, arg CreateHostParams) (Host, e
 		&i.CreatedAt,
 		&i.RefreshTokenHash,
 		&i.DeletedAt,
+		&i.PrevRefreshTokenHash,
 	)
 	return i, err
 }
 
 const getHost = `-- name: GetHost :one
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE id = $1
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at, prev_refresh_token_hash FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
@@ -76,12 +77,13 @@ func (q *Queries) GetHost(ctx context.Context, id string) (Host, error) {
 		&i.CreatedAt,
 		&i.RefreshTokenHash,
 		&i.DeletedAt,
+		&i.PrevRefreshTokenHash,
 	)
 	return i, err
 }
 
 const getHostByTokenHash = `-- name: GetHostByTokenHash :one
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE token_hash = $1
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at, prev_refresh_token_hash FROM hosts WHERE token_hash = $1
 `
 
 func (q *Queries) GetHostByTokenHash(ctx context.Context, tokenHash *string) (Host, error) {
@@ -103,13 +105,15 @@ func (q *Queries) GetHostByTokenHash(ctx context.Context, tokenHash *string) (Ho
 		&i.CreatedAt,
 		&i.RefreshTokenHash,
 		&i.DeletedAt,
+		&i.PrevRefreshTokenHash,
 	)
 	return i, err
 }
 
 const heartbeatHost = `-- name: HeartbeatHost :one
 UPDATE hosts
-SET address = $1,
+SET prev_refresh_token_hash = NULL,
+    address = $1,
     runtime = $2,
     vcpus = $3,
     memory_mb = $4,
@@ -130,6 +134,8 @@ type HeartbeatHostParams struct {
 	TokenHash *string
 }
 
+// A heartbeat with the host token proves the host holds its newest
+// credentials, so the refresh token they replaced stops working.
 func (q *Queries) HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (string, error) {
 	row := q.db.QueryRow(ctx, heartbeatHost,
 		arg.Address,
@@ -200,7 +206,7 @@ func (q *Queries) HostUsage(ctx context.Context, hostIds []string) ([]HostUsageR
 }
 
 const listHostsByStatus = `-- name: ListHostsByStatus :many
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts WHERE status = $1 ORDER BY id
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at, prev_refresh_token_hash FROM hosts WHERE status = $1 ORDER BY id
 `
 
 func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host, error) {
@@ -228,6 +234,7 @@ func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host,
 			&i.CreatedAt,
 			&i.RefreshTokenHash,
 			&i.DeletedAt,
+			&i.PrevRefreshTokenHash,
 		); err != nil {
 			return nil, err
 		}
@@ -240,7 +247,7 @@ func (q *Queries) ListHostsByStatus(ctx context.Context, status string) ([]Host,
 }
 
 const listHostsWithCounts = `-- name: ListHostsWithCounts :many
-SELECT h.id, h.name, h.address, h.runtime, h.status, h.vcpus, h.memory_mb, h.disk_mb, h.registration_token_hash, h.registration_expires_at, h.token_hash, h.last_heartbeat_at, h.created_at, h.refresh_token_hash, h.deleted_at,
+SELECT h.id, h.name, h.address, h.runtime, h.status, h.vcpus, h.memory_mb, h.disk_mb, h.registration_token_hash, h.registration_expires_at, h.token_hash, h.last_heartbeat_at, h.created_at, h.refresh_token_hash, h.deleted_at, h.prev_refresh_token_hash,
        coalesce(u.sandboxes, 0)::bigint AS active_sandboxes,
        coalesce(u.vcpus, 0)::bigint AS used_vcpus,
        coalesce(u.memory_mb, 0)::bigint AS used_memory_mb
@@ -270,6 +277,7 @@ type ListHostsWithCountsRow struct {
 	CreatedAt             time.Time
 	RefreshTokenHash      *string
 	DeletedAt             *time.Time
+	PrevRefreshTokenHash  *string
 	ActiveSandboxes       int64
 	UsedVcpus             int64
 	UsedMemoryMb          int64
@@ -302,6 +310,7 @@ func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCount
 			&i.CreatedAt,
 			&i.RefreshTokenHash,
 			&i.DeletedAt,
+			&i.PrevRefreshTokenHash,
 			&i.ActiveSandboxes,
 			&i.UsedVcpus,
 			&i.UsedMemoryMb,
@@ -317,7 +326,7 @@ func (q *Queries) ListHostsWithCounts(ctx context.Context) ([]ListHostsWithCount
 }
 
 const lockPlaceableHosts = `-- name: LockPlaceableHosts :many
-SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at FROM hosts
+SELECT id, name, address, runtime, status, vcpus, memory_mb, disk_mb, registration_token_hash, registration_expires_at, token_hash, last_heartbeat_at, created_at, refresh_token_hash, deleted_at, prev_refresh_token_hash FROM hosts
 WHERE status = 'online' AND last_heartbeat_at > $1::timestamptz
 ORDER BY id
 FOR UPDATE
@@ -351,6 +360,7 @@ func (q *Queries) LockPlaceableHosts(ctx context.Context, heartbeatAfter time.Ti
 			&i.CreatedAt,
 			&i.RefreshTokenHash,
 			&i.DeletedAt,
+			&i.PrevRefreshTokenHash,
 		); err != nil {
 			return nil, err
 		}

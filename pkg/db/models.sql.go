@@ -50,6 +50,7 @@ type Host struct {
 	CreatedAt             time.Time
 	RefreshTokenHash      *string
 	DeletedAt             *time.Time
+	PrevRefreshTokenHash  *string
 }
 
 type HostSandboxEvent struct {

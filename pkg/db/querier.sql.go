@@ -51,6 +51,8 @@ type Querier interface {
 	GetTeam(ctx context.Context, id string) (Team, error)
 	GetUser(ctx context.Context, id string) (GetUserRow, error)
 	GetUserByEmail(ctx context.Context, email string) (GetUserByEmailRow, error)
+	// A heartbeat with the host token proves the host holds its newest
+	// credentials, so the refresh token they replaced stops working.
 	HeartbeatHost(ctx context.Context, arg HeartbeatHostParams) (string, error)
 	// What each host's sandboxes take, split by paused or not (paused ones count
 	// partly). Stopped and errored sandboxes hold nothing; disk_mb 0 means the
@@ -99,9 +101,13 @@ type Querier interface {
 	// Zero rows: the event was applied before (a retried callback).
 	RecordHostSandboxEvent(ctx context.Context, arg RecordHostSandboxEventParams) (int64, error)
 	// Host credentials: refresh, deletion, and the internal CA.
-	// Trades a refresh token for new tokens in one statement: of two concurrent
-	// refreshes with the same token one finds no row, and the old host token
-	// stops working at once.
+	// Trades a refresh token for new tokens in one statement; the old host
+	// token stops working at once. The refresh token this replaces is kept as
+	// prev_refresh_token_hash and is accepted again until a heartbeat with the
+	// new host token clears it: if the answer to a refresh is lost, the agent
+	// retries with the token it still has instead of being locked out. A retry
+	// keeps prev as it was, so only the newest pair and the one the host last
+	// confirmed ever work.
 	RefreshHostTokens(ctx context.Context, arg RefreshHostTokensParams) (RefreshHostTokensRow, error)
 	// Single use by construction: the token hash is cleared in the same
 	// statement that checks it, so of two concurrent registrations one finds no
