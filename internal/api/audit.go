@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/wrenn/wrenn/pkg/audit"
 	"github.com/wrenn/wrenn/pkg/db"
 )
 
@@ -155,8 +156,8 @@ func (a *API) recordAudit(r *http.Request, e *auditEntry, status int) {
 	if pattern == "" {
 		return // no route matched: nothing was changed
 	}
-	params := auditParams(r, e, pattern, status, a.d.Now())
-	if params == nil {
+	entry := auditEntryOf(r, e, pattern, status, a.d.Now())
+	if entry == nil {
 		return
 	}
 	a.auditWG.Add(1)
@@ -164,14 +165,15 @@ func (a *API) recordAudit(r *http.Request, e *auditEntry, status int) {
 		defer a.auditWG.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := a.q.InsertAudit(ctx, *params); err != nil {
-			a.log.Error("write audit log entry", "err", err, "request_id", params.RequestID, "action", params.Action)
+		if err := audit.Record(ctx, a.q, *entry); err != nil {
+			a.log.Error("write audit log entry", "err", err, "request_id", entry.RequestID, "action", entry.Action)
 		}
 	}()
 }
 
-// auditParams builds the row of e, or nil when a handler stored it already.
-func auditParams(r *http.Request, e *auditEntry, pattern string, status int, now time.Time) *db.InsertAuditParams {
+// auditEntryOf builds the log entry of e, or nil when a handler stored it
+// already.
+func auditEntryOf(r *http.Request, e *auditEntry, pattern string, status int, now time.Time) *audit.Entry {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.written {
@@ -205,10 +207,10 @@ func auditParams(r *http.Request, e *auditEntry, pattern string, status int, now
 	if status == 0 {
 		status = http.StatusOK
 	}
-	return &db.InsertAuditParams{
-		TeamID: nonEmpty(e.teamID), ActorUserID: nonEmpty(e.userID), ActorKeyID: nonEmpty(e.keyID),
+	return &audit.Entry{
+		TeamID: e.teamID, ActorUserID: e.userID, ActorKeyID: e.keyID,
 		Action: act.action, ResourceType: act.resource, ResourceID: rid,
-		RequestID: RequestID(r.Context()), Outcome: outcomeOf(status), Status: int32(status), CreatedAt: now,
+		RequestID: RequestID(r.Context()), Outcome: audit.OutcomeOf(status), Status: status, CreatedAt: now,
 	}
 }
 
@@ -220,11 +222,11 @@ func (a *API) writeAuditTx(ctx context.Context, q *db.Queries, r *http.Request, 
 		return nil
 	}
 	pattern := chi.RouteContext(r.Context()).RoutePattern()
-	params := auditParams(r, e, pattern, status, a.d.Now())
-	if params == nil {
+	entry := auditEntryOf(r, e, pattern, status, a.d.Now())
+	if entry == nil {
 		return nil
 	}
-	if err := q.InsertAudit(ctx, *params); err != nil {
+	if err := audit.Record(ctx, q, *entry); err != nil {
 		return err
 	}
 	e.mu.Lock()
@@ -233,54 +235,15 @@ func (a *API) writeAuditTx(ctx context.Context, q *db.Queries, r *http.Request, 
 	return nil
 }
 
-func outcomeOf(status int) string {
-	switch {
-	case status < 400:
-		return "success"
-	case status == http.StatusUnauthorized || status == http.StatusForbidden:
-		return "denied"
-	default:
-		return "failure"
-	}
-}
-
-func nonEmpty(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
 // AuditEntry is one audit log record as the API shows it.
-type AuditEntry struct {
-	ID           int64     `json:"id"`
-	TeamID       string    `json:"team_id"`
-	ActorUserID  string    `json:"actor_user_id,omitempty"`
-	ActorKeyID   string    `json:"actor_key_id,omitempty"`
-	Action       string    `json:"action"`
-	ResourceType string    `json:"resource_type"`
-	ResourceID   string    `json:"resource_id"`
-	RequestID    string    `json:"request_id"`
-	Outcome      string    `json:"outcome"`
-	Status       int       `json:"status"`
-	CreatedAt    time.Time `json:"created_at"`
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
-
-const maxAuditPage = 500
+type AuditEntry = audit.Entry
 
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request) {
 	limit := 50
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxAuditPage {
-			a.fail(w, r, invalid("limit", "must be an integer between 1 and %d", maxAuditPage))
+		if err != nil || n < 1 || n > audit.MaxPage {
+			a.fail(w, r, invalid("limit", "must be an integer between 1 and %d", audit.MaxPage))
 			return
 		}
 		limit = n
@@ -294,23 +257,14 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request) {
 		}
 		before = n
 	}
-	team := principal(r).TeamID
-	rows, err := a.q.ListAudit(r.Context(), db.ListAuditParams{TeamID: &team, Before: before, MaxRows: int32(limit)})
+	out, err := audit.List(r.Context(), a.q, principal(r).TeamID, before, limit)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	out := make([]AuditEntry, len(rows))
-	for i, row := range rows {
-		out[i] = AuditEntry{
-			ID: row.ID, TeamID: deref(row.TeamID), ActorUserID: deref(row.ActorUserID), ActorKeyID: deref(row.ActorKeyID),
-			Action: row.Action, ResourceType: row.ResourceType, ResourceID: row.ResourceID, RequestID: row.RequestID,
-			Outcome: row.Outcome, Status: int(row.Status), CreatedAt: row.CreatedAt,
-		}
-	}
 	resp := map[string]any{"entries": out}
-	if len(rows) == limit {
-		resp["next_before"] = rows[len(rows)-1].ID
+	if len(out) == limit {
+		resp["next_before"] = out[len(out)-1].ID
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
