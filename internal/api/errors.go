@@ -8,6 +8,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // Error codes of the {"error":{"code","message"}} body.
@@ -72,6 +73,10 @@ func toAPIError(err error) *Error {
 	var ae *Error
 	if errors.As(err, &ae) {
 		return ae
+	}
+	var fe *validate.FieldError
+	if errors.As(err, &fe) {
+		return invalid(fe.Field, "%s", fe.Msg)
 	}
 	var te *lifecycle.TransitionError
 	if errors.As(err, &te) {

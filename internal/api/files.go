@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/hostclient"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // maxListDepth bounds GET files/list's depth (the agent's own limit).
@@ -29,7 +30,7 @@ func (a *API) maxUpload() int64 {
 // streamed from the sandbox.
 func (a *API) downloadFile(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Query().Get("path")
-	if err := checkPath("path", p); err != nil {
+	if err := validate.SandboxPath("path", p); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -63,7 +64,7 @@ func (a *API) downloadFile(w http.ResponseWriter, r *http.Request) {
 // file, streamed to the sandbox, creating parent directories.
 func (a *API) uploadFile(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Query().Get("path")
-	if err := checkPath("path", p); err != nil {
+	if err := validate.SandboxPath("path", p); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -120,7 +121,7 @@ func tooLarge(limit int64) *Error {
 // removeFile is DELETE /v1/sandboxes/{id}/files?path=.
 func (a *API) removeFile(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Query().Get("path")
-	if err := checkPath("path", p); err != nil {
+	if err := validate.SandboxPath("path", p); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -140,7 +141,7 @@ func (a *API) removeFile(w http.ResponseWriter, r *http.Request) {
 func (a *API) listFiles(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	p := q.Get("path")
-	if err := checkPath("path", p); err != nil {
+	if err := validate.SandboxPath("path", p); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -172,7 +173,7 @@ func (a *API) listFiles(w http.ResponseWriter, r *http.Request) {
 // statFile is GET /v1/sandboxes/{id}/files/stat?path=.
 func (a *API) statFile(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Query().Get("path")
-	if err := checkPath("path", p); err != nil {
+	if err := validate.SandboxPath("path", p); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -202,7 +203,7 @@ func (a *API) makeDir(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := checkPath("path", req.Path); err != nil {
+	if err := validate.SandboxPath("path", req.Path); err != nil {
 		a.fail(w, r, err)
 		return
 	}

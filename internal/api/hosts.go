@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // registrationTTL is how long a registration token stays valid.
@@ -51,7 +52,7 @@ func (a *API) createHost(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := validName(req.Name); err != nil {
+	if err := validate.Name("name", req.Name, maxHostName); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -73,20 +74,8 @@ func (a *API) createHost(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]any{"host": hostJSON(h, 0), "registration_token": token})
 }
 
-func validName(n string) error {
-	if n == "" {
-		return invalid("name", "is required")
-	}
-	if len(n) > 100 {
-		return invalid("name", "must be at most 100 bytes")
-	}
-	for _, c := range n {
-		if unicode.IsControl(c) {
-			return invalid("name", "must not contain control characters")
-		}
-	}
-	return nil
-}
+// maxHostName bounds a host's name, in bytes.
+const maxHostName = 100
 
 func (a *API) listHosts(w http.ResponseWriter, r *http.Request) {
 	rows, err := a.q.ListHostsWithCounts(r.Context())

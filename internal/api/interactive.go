@@ -74,23 +74,6 @@ func insideError(err error) error {
 	return err
 }
 
-// maxPathLen bounds a path parameter (Linux's PATH_MAX).
-const maxPathLen = 4096
-
-// checkPath validates a path inside a sandbox: absolute, or relative to the
-// user's home directory.
-func checkPath(field, p string) error {
-	switch {
-	case p == "":
-		return invalid(field, "is required (an absolute path, or one relative to the user's home directory)")
-	case strings.ContainsRune(p, 0):
-		return invalid(field, "must not contain a NUL byte")
-	case len(p) > maxPathLen:
-		return invalid(field, "is longer than %d bytes", maxPathLen)
-	}
-	return nil
-}
-
 // parsePID reads the {pid} route parameter.
 func parsePID(r *http.Request) (uint32, error) {
 	s := chi.URLParam(r, "pid")

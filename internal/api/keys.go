@@ -8,6 +8,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // APIKey is an API key as listings show it: never the key itself.
@@ -38,7 +39,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	name, err := validDisplayName("name", req.Name)
+	name, err := validate.DisplayName("name", req.Name)
 	if err != nil {
 		a.fail(w, r, err)
 		return

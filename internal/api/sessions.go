@@ -8,13 +8,13 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/wrenn/wrenn/pkg/auth"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // defaultSessionTTL is how long a session lives without use; every use
@@ -81,16 +81,6 @@ type signupRequest struct {
 	Name     string `json:"name"`
 }
 
-const maxNameLen = 64
-
-func validDisplayName(field, s string) (string, error) {
-	s = strings.TrimSpace(s)
-	if !utf8.ValidString(s) || utf8.RuneCountInString(s) > maxNameLen || strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return "", invalid(field, "must be at most %d printable characters", maxNameLen)
-	}
-	return s, nil
-}
-
 // signup creates a user with a password and a personal team it owns, in
 // one transaction.
 func (a *API) signup(w http.ResponseWriter, r *http.Request) {
@@ -108,7 +98,7 @@ func (a *API) signup(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, invalid("password", "%s", err.Error()))
 		return
 	}
-	name, err := validDisplayName("name", req.Name)
+	name, err := validate.DisplayName("name", req.Name)
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -11,6 +11,7 @@ import (
 	"github.com/wrenn/wrenn/pkg/auth"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // Roles of team members. Owners do everything; admins manage members and
@@ -72,7 +73,7 @@ func (a *API) createTeam(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	name, err := validDisplayName("name", req.Name)
+	name, err := validate.DisplayName("name", req.Name)
 	if err != nil {
 		a.fail(w, r, err)
 		return
