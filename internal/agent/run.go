@@ -3,7 +3,9 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -49,7 +51,11 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		return err
 	}
 	dns := hostDNS("/etc/resolv.conf")
-	netw, err := network.New(ctx, network.Config{CIDR: cfg.SandboxCIDR, Logger: log, DNSServers: dnsIPs(dns)})
+	names := ResourceNames(cfg.Dir)
+	netw, err := network.New(ctx, network.Config{
+		CIDR: cfg.SandboxCIDR, Logger: log, DNSServers: dnsIPs(dns),
+		Prefix: names.Prefix, IfPrefix: names.IfPrefix,
+	})
 	if err != nil {
 		return fmt.Errorf("set up host networking: %w", err)
 	}
@@ -196,7 +202,45 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 		}
 	}
 	shrinkMinimal(shutCtx, images, mgr, log)
+	// With no sandbox left the agent's chains guard nothing; sandboxes kept
+	// for the next start keep theirs.
+	if len(mgr.List()) == 0 {
+		if gerr := netw.RemoveGuard(shutCtx); gerr != nil {
+			log.Warn("remove firewall chains", "err", gerr)
+		}
+	}
 	return err
+}
+
+// Names is how this agent's host resources are named, so that several
+// agents (each with its own WRENN_DIR and WRENN_SANDBOX_CIDR) share a host
+// and each one's start-up cleanup removes only its own leftovers: network
+// namespaces <Prefix>-<sandbox id>, host veths <IfPrefix><slot>, iptables
+// chains <PREFIX>-IN/-FWD/-EGRESS/-NAT and rule comments <Prefix>:<id>.
+// Runtime state, mounts and loop devices already live under WRENN_DIR, and
+// cgroups are named by sandbox id and found through the runtime's state.
+type Names struct {
+	Tag      string // five letters derived from WRENN_DIR
+	Prefix   string // "wrenn-" + Tag
+	IfPrefix string // "wv" + Tag
+}
+
+// ResourceNames derives an agent's Names from its directory. The tag is
+// letters only, all of one length, so no agent's veth name parses as
+// another's slot; it is stable across restarts of the same directory, which
+// re-adoption relies on (a moved WRENN_DIR re-adopts nothing).
+func ResourceNames(dir string) Names {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	sum := sha256.Sum256([]byte(filepath.Clean(dir)))
+	n := binary.BigEndian.Uint64(sum[:8])
+	tag := make([]byte, 5)
+	for i := range tag {
+		tag[i] = byte('a' + n%26)
+		n /= 26
+	}
+	return Names{Tag: string(tag), Prefix: "wrenn-" + string(tag), IfPrefix: "wv" + string(tag)}
 }
 
 // minimalTemplate is the base image, shrunk on graceful shutdown so it is

@@ -37,13 +37,17 @@ type Manager struct {
 // directory shared, and the guard and NAT chains installed or refreshed. It
 // is idempotent, so a restarted agent calls it again without duplicating
 // rules and without dropping the egress rules of sandboxes it will adopt.
-// Needs root.
+// It fails with ErrConflict when an interface not of this manager already
+// has an address in the CIDR (another agent's range). Needs root.
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	cfg, err := cfg.normalize()
 	if err != nil {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, fw: newFirewall(cfg), slots: map[int]string{}}
+	if err := checkCIDRFree(cfg); err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return nil, fmt.Errorf("enable IPv4 forwarding: %w", err)
 	}

@@ -77,20 +77,31 @@ type Config struct {
 	// Prefix names the namespaces (<prefix>-<sandbox id>), the iptables chains
 	// (<PREFIX>-FWD, -IN, -EGRESS, -NAT) and rule comments (<prefix>:<id>).
 	// Default "wrenn". Two managers with different prefixes, interface
-	// prefixes and CIDRs do not see each other's objects.
+	// prefixes and CIDRs do not see each other's objects, so several agents
+	// share a host when each has its own (the agent appends a tag derived
+	// from its directory: "wrenn-<tag>"). Neither prefix may be another's
+	// followed by "-", or the shorter one's cleanup would see the longer
+	// one's namespaces as its own.
 	Prefix string
 	// IfPrefix starts every host veth name (IfPrefix + slot number). Default
-	// "wv"; at most 4 characters so names fit in 15.
+	// "wv", at most 9 characters. Managers sharing a host should use prefixes of one length that end in
+	// a letter, so that no name of one parses as a slot of another.
 	IfPrefix string
 }
 
 var (
-	prefixRe   = regexp.MustCompile(`^[a-z][a-z0-9]{0,11}$`)
-	ifPrefixRe = regexp.MustCompile(`^[a-z][a-z0-9]{0,3}$`)
+	prefixRe = regexp.MustCompile(`^[a-z][a-z0-9]*(-[a-z0-9]+)*$`)
+	// ifPrefixRe: 9 characters and the 6 digits of a /12's last slot fill
+	// the 15 characters of an interface name.
+	ifPrefixRe = regexp.MustCompile(`^[a-z][a-z0-9]{0,8}$`)
 	// sandboxIDRe keeps ids safe as file names, rule comments and in the
 	// netns name; real ids are sb- plus base32.
 	sandboxIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 )
+
+// maxPrefixLen keeps "<PREFIX>-EGRESS" within iptables' 28-character
+// chain names.
+const maxPrefixLen = 20
 
 // normalize fills defaults and checks cfg; it returns a copy.
 func (cfg Config) normalize() (Config, error) {
@@ -106,11 +117,11 @@ func (cfg Config) normalize() (Config, error) {
 	if cfg.Runner == nil {
 		cfg.Runner = ExecRunner{}
 	}
-	if !prefixRe.MatchString(cfg.Prefix) {
-		return cfg, fmt.Errorf("%w: prefix %q must be 1-12 lowercase letters or digits", ErrInvalid, cfg.Prefix)
+	if !prefixRe.MatchString(cfg.Prefix) || len(cfg.Prefix) > maxPrefixLen {
+		return cfg, fmt.Errorf("%w: prefix %q must be 1-%d lowercase letters or digits in words joined by single dashes", ErrInvalid, cfg.Prefix, maxPrefixLen)
 	}
 	if !ifPrefixRe.MatchString(cfg.IfPrefix) {
-		return cfg, fmt.Errorf("%w: interface prefix %q must be 1-4 lowercase letters or digits", ErrInvalid, cfg.IfPrefix)
+		return cfg, fmt.Errorf("%w: interface prefix %q must be 1-9 lowercase letters or digits", ErrInvalid, cfg.IfPrefix)
 	}
 	if cfg.CIDR == nil || cfg.CIDR.IP.To4() == nil {
 		return cfg, fmt.Errorf("%w: CIDR must be an IPv4 network", ErrInvalid)

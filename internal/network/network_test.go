@@ -122,8 +122,13 @@ func TestConfigNormalize(t *testing.T) {
 		{"ipv6", Config{CIDR: mustCIDR(t, "fd00::/64")}, false},
 		{"too small", Config{CIDR: mustCIDR(t, "10.0.0.0/31")}, false},
 		{"too large", Config{CIDR: mustCIDR(t, "10.0.0.0/8")}, false},
-		{"long if prefix", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), IfPrefix: "wrenn"}, false},
+		{"long if prefix", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), IfPrefix: "wvabcdefgh"}, false},
+		{"tagged if prefix on a /12", Config{CIDR: mustCIDR(t, "10.16.0.0/12"), IfPrefix: "wvabcdefg"}, true},
 		{"bad prefix", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Prefix: "Wr-n"}, false},
+		{"tagged prefix", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Prefix: "wrenn-qzkfa"}, true},
+		{"prefix ends in a dash", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Prefix: "wrenn-"}, false},
+		{"double dash", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Prefix: "wrenn--a"}, false},
+		{"prefix too long", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Prefix: "wrenn-abcdefghijklmno"}, false},
 		{"blocked v6", Config{CIDR: mustCIDR(t, "10.88.0.0/16"), BlockedNets: []*net.IPNet{mustCIDR(t, "fd00::/8")}}, false},
 	}
 	for _, tt := range tests {

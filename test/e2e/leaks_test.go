@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wrenn/wrenn/internal/agent"
 )
 
 // hostResources is what a sandbox could leave behind on the host.
@@ -25,10 +29,12 @@ type hostResources struct {
 func snapshotResources(t testing.TB, dir string) hostResources {
 	t.Helper()
 	var r hostResources
-	// Other packages' tests run at the same time and make namespaces, links
-	// and rules of their own under other prefixes: look only at the agent's.
-	r.Netns = withPrefix(dirNames("/var/run/netns"), "wrenn-sb-")
-	r.Links = withPrefix(dirNames("/sys/class/net"), "wv")
+	// Other stacks and other packages' tests run at the same time and make
+	// namespaces, links and rules of their own under other names: look only
+	// at this stack's agent's, named after its directory.
+	names := agent.ResourceNames(dir)
+	r.Netns = withPrefix(dirNames("/var/run/netns"), names.Prefix+"-sb-")
+	r.Links = withPrefix(dirNames("/sys/class/net"), names.IfPrefix)
 	if f, err := os.Open("/proc/self/mountinfo"); err == nil {
 		s := bufio.NewScanner(f)
 		for s.Scan() {
@@ -70,7 +76,7 @@ func snapshotResources(t testing.TB, dir string) hostResources {
 			continue
 		}
 		for _, line := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(line, "-A") && (strings.Contains(line, "wrenn") || strings.Contains(line, "WRENN") || strings.Contains(line, " wv")) {
+			if strings.HasPrefix(line, "-A") && (strings.Contains(line, names.Prefix) || strings.Contains(line, strings.ToUpper(names.Prefix)) || strings.Contains(line, " "+names.IfPrefix)) {
 				r.Firewall = append(r.Firewall, table+": "+line)
 			}
 		}
@@ -157,4 +163,31 @@ func assertNoLeaks(t testing.TB, before, after hostResources, sandboxIDs ...stri
 	check("cgroup", before.Cgroups, after.Cgroups)
 	check("process", before.Processes, after.Processes)
 	check("firewall rule", before.Firewall, after.Firewall)
+}
+
+// stackCIDR reserves a /24 of 10.89.0.0/16 for one stack's agent until the
+// test ends, so stacks of this and other test processes running at once get
+// disjoint sandbox ranges (an agent refuses a range another one uses). The
+// reservation is an exclusive lock on a file per /24, released by the
+// kernel if the test process dies.
+func stackCIDR(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(os.TempDir(), "wrenn-e2e-cidr")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for n := range 256 {
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d.lock", n)), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			continue
+		}
+		t.Cleanup(func() { f.Close() })
+		return fmt.Sprintf("10.89.%d.0/24", n)
+	}
+	t.Fatal("all 256 sandbox ranges of 10.89.0.0/16 are reserved by running stacks")
+	return ""
 }

@@ -251,7 +251,7 @@ func startStack(t testing.TB, opts ...stackOption) *stack {
 		"WRENN_CP_URL=" + s.apiURL,
 		"WRENN_RUNTIME=" + o.runtime,
 		"WRENN_DEFAULT_ROOTFS_SIZE=1Gi",
-		"WRENN_SANDBOX_CIDR=10.89.0.0/24",
+		"WRENN_SANDBOX_CIDR=" + stackCIDR(t),
 		"WRENN_AGENT_SHUTDOWN=destroy",
 		"LOG_LEVEL=debug",
 	}
