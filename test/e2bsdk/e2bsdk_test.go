@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -156,18 +155,27 @@ func addUser(t testing.TB) string {
 	return name
 }
 
-// startEnvd starts envd on port and waits for /health. It returns envd's
-// pid and a function that sends SIGTERM and waits for envd to exit; a
+// startEnvd starts Wrenn's envd on port and waits for /health. It returns
+// envd's pid and a function that sends SIGTERM and waits for envd to exit; a
 // cleanup does that if the test ended first.
 func startEnvd(ctx context.Context, t testing.TB, bin string, port int) (int, func() error) {
 	t.Helper()
+	return startDaemon(ctx, t, "envd", port, bin, "--port", strconv.Itoa(port), "--log-level", "debug")
+}
+
+// startDaemon starts argv, an envd that serves on port, collects its output
+// for the failure log and waits until its GET /health answers 204, the reply
+// of both Wrenn's and E2B's envd. The returned function sends SIGTERM and
+// waits for the exit (SIGKILL after 10 s); a cleanup calls it too.
+func startDaemon(ctx context.Context, t testing.TB, name string, port int, argv ...string) (int, func() error) {
+	t.Helper()
 	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--log-level", "debug")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = &logs
 	cmd.Stderr = &logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start envd: %v", err)
+		t.Fatalf("start %s: %v", name, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -184,15 +192,15 @@ func startEnvd(ctx context.Context, t testing.TB, bin string, port int) (int, fu
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
 			<-done
-			return errors.New("envd ignored SIGTERM for 10 s; killed it")
+			return fmt.Errorf("%s ignored SIGTERM for 10 s; killed it", name)
 		}
 	}
 	t.Cleanup(func() {
 		if err := stop(); err != nil {
-			t.Logf("stop envd: %v", err)
+			t.Logf("stop %s: %v", name, err)
 		}
 		if t.Failed() {
-			t.Logf("envd log:\n%s", logs.String())
+			t.Logf("%s log:\n%s", name, logs.String())
 		}
 	})
 
@@ -208,9 +216,9 @@ func startEnvd(ctx context.Context, t testing.TB, bin string, port int) (int, fu
 		}
 		select {
 		case err := <-done:
-			t.Fatalf("envd exited before serving: %v\n%s", err, logs.String())
+			t.Fatalf("%s exited before serving: %v\n%s", name, err, logs.String())
 		case <-ctx.Done():
-			t.Fatalf("envd did not answer %s: %v", url, ctx.Err())
+			t.Fatalf("%s did not answer %s: %v", name, url, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
