@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/runtime"
+	"github.com/wrenn/wrenn/internal/runtime/oci"
 )
 
 const (
@@ -115,23 +116,59 @@ func (m *Manager) autoPause(ctx context.Context, sb *Sandbox) {
 	m.report(newEvent(sb.ID, EventDestroyed, m.o.Clock.Now(), fmt.Errorf("auto-pause after inactivity failed: %w", cause)))
 }
 
+// StateLister is a runtime that reports the state of all its sandboxes in
+// one call. With it a health check costs one runtime command per interval
+// instead of one per sandbox (with runc a process each: 100 a second for
+// 500 sandboxes at the default interval).
+type StateLister interface {
+	// States maps every sandbox id the runtime has to its state.
+	States(ctx context.Context) (map[string]runtime.State, error)
+}
+
+var _ StateLister = (*oci.Driver)(nil)
+
 // checkHealth asks the runtime about every running or paused sandbox and
 // releases the ones whose init is gone. The runtime is asked without holding
-// the sandbox's lock, so RPCs are not held up by the check.
+// the sandbox's lock, so RPCs are not held up by the check. Sandboxes are
+// chosen before the runtime is asked, so one created meanwhile is never
+// missing from an answer that predates it; died re-checks under the lock.
 func (m *Manager) checkHealth(ctx context.Context) {
+	var live []*Sandbox
 	for _, sb := range m.all() {
-		if ctx.Err() != nil {
-			return
-		}
 		if !sb.op.TryLock() {
 			continue
 		}
-		live := sb.State == StateRunning || sb.State == StatePaused
-		sb.op.Unlock()
-		if !live {
-			continue
+		if sb.State == StateRunning || sb.State == StatePaused {
+			live = append(live, sb)
 		}
-		st, err := m.o.Runtime.State(ctx, sb.ID)
+		sb.op.Unlock()
+	}
+	if len(live) == 0 {
+		return
+	}
+	lister, batched := m.o.Runtime.(StateLister)
+	var states map[string]runtime.State
+	if batched {
+		var err error
+		if states, err = lister.States(ctx); err != nil {
+			m.log.Warn("runtime states", "err", err)
+			return
+		}
+	}
+	for _, sb := range live {
+		if ctx.Err() != nil {
+			return
+		}
+		var st runtime.State
+		var err error
+		if batched {
+			var ok bool
+			if st, ok = states[sb.ID]; !ok {
+				err = runtime.ErrNotFound
+			}
+		} else {
+			st, err = m.o.Runtime.State(ctx, sb.ID)
+		}
 		switch {
 		case errors.Is(err, runtime.ErrNotFound):
 		case err != nil:

@@ -4,15 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/wrenn/wrenn/internal/envdclient"
+	"github.com/wrenn/wrenn/internal/runtime"
 	"github.com/wrenn/wrenn/pkg/id"
 )
 
@@ -279,42 +283,76 @@ func TestFailedAutoPauseDestroysAndReports(t *testing.T) {
 	r.assertEmpty(t)
 }
 
+// listingRuntime is the fake runtime with the one-call StateLister, as the
+// OCI driver has; it counts the calls.
+type listingRuntime struct {
+	*fakeRuntime
+	calls atomic.Int32
+}
+
+func (r *listingRuntime) States(context.Context) (map[string]runtime.State, error) {
+	r.calls.Add(1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.containers), nil
+}
+
 func TestDeadSandboxIsReleasedAndReported(t *testing.T) {
 	t.Parallel()
-	rep := &recordingReporter{}
-	r := newRig(t, rep)
-	r.m.o.HealthInterval = 5 * time.Second
-	ctx := context.Background()
-	dead, alive := newID(), newID()
-	for _, sid := range []string{dead, alive} {
-		if _, err := r.m.Create(ctx, createReq(sid, 0)); err != nil {
-			t.Fatal(err)
-		}
+	for _, batched := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batched=%v", batched), func(t *testing.T) {
+			t.Parallel()
+			rep := &recordingReporter{}
+			r := newRig(t, rep)
+			r.m.o.HealthInterval = 5 * time.Second
+			var lister *listingRuntime
+			if batched {
+				lister = &listingRuntime{fakeRuntime: r.rt}
+				r.m.o.Runtime = lister
+			}
+			ctx := context.Background()
+			dead, gone, alive := newID(), newID(), newID()
+			for _, sid := range []string{dead, gone, alive} {
+				if _, err := r.m.Create(ctx, createReq(sid, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r.rt.kill(dead)
+			r.rt.mu.Lock()
+			delete(r.rt.containers, gone) // the runtime forgot it
+			r.rt.mu.Unlock()
+			r.run(t)
+			r.tick(t, time.Second)
+			if _, err := r.m.Get(dead); err != nil {
+				t.Fatalf("released before the health interval: %v", err)
+			}
+			r.tick(t, 5*time.Second)
+			for _, sid := range []string{dead, gone} {
+				if _, err := r.m.Get(sid); !errors.Is(err, ErrNotFound) {
+					t.Fatalf("dead sandbox %s still in the table: %v", sid, err)
+				}
+			}
+			waitFor(t, "died events", func() bool { return len(rep.all()) == 2 })
+			for _, ev := range rep.all() {
+				if ev.Type != EventDied || (ev.SandboxID != dead && ev.SandboxID != gone) {
+					t.Errorf("event %+v, want died of %s or %s", ev, dead, gone)
+				}
+			}
+			if batched && lister.calls.Load() != 1 {
+				t.Errorf("%d States calls for one health check, want 1", lister.calls.Load())
+			}
+			if _, err := r.m.Exec(ctx, alive, envdclient.ExecRequest{Cmd: "true", Timeout: 5 * time.Second}); err != nil {
+				t.Errorf("the live sandbox was disturbed: %v", err)
+			}
+			if r.net.count() != 1 || r.img.count() != 1 {
+				t.Errorf("networks %d, rootfs %d after the deaths, want 1 each", r.net.count(), r.img.count())
+			}
+			if err := r.m.DestroyAll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r.assertEmpty(t)
+		})
 	}
-	r.rt.kill(dead)
-	r.run(t)
-	r.tick(t, time.Second)
-	if _, err := r.m.Get(dead); err != nil {
-		t.Fatalf("released before the health interval: %v", err)
-	}
-	r.tick(t, 5*time.Second)
-	if _, err := r.m.Get(dead); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("dead sandbox still in the table: %v", err)
-	}
-	waitFor(t, "died event", func() bool { return len(rep.all()) == 1 })
-	if ev := rep.all()[0]; ev.Type != EventDied || ev.SandboxID != dead {
-		t.Errorf("event %+v, want died of %s", ev, dead)
-	}
-	if _, err := r.m.Exec(ctx, alive, envdclient.ExecRequest{Cmd: "true", Timeout: 5 * time.Second}); err != nil {
-		t.Errorf("the live sandbox was disturbed: %v", err)
-	}
-	if r.net.count() != 1 || r.img.count() != 1 {
-		t.Errorf("networks %d, rootfs %d after the death, want 1 each", r.net.count(), r.img.count())
-	}
-	if err := r.m.DestroyAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r.assertEmpty(t)
 }
 
 func TestReporterStopsOnPermanentRefusal(t *testing.T) {

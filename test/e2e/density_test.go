@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -212,10 +213,24 @@ func BenchmarkIdleDensity(b *testing.B) {
 
 	// Let boot-time allocations settle before reading memory, then see
 	// what CPU the idle sandboxes burn over 10 s.
+	// The agent's own CPU (its runtime commands included, as waited-for
+	// children) is measured beside the sandboxes', and the sandboxes' is
+	// split by process name, so it shows where idle CPU goes.
 	time.Sleep(5 * time.Second)
-	cpu0, cpuWindow := sandboxesCPU(all), time.Now()
-	time.Sleep(10 * time.Second)
-	idleCPU := float64(sandboxesCPU(all)-cpu0) / float64(time.Since(cpuWindow))
+	agentPid := s.agent.cmd.Process.Pid
+	cpu0, agent0, procs0, host0, cpuWindow := sandboxesCPU(all), processCPU(agentPid), sandboxProcessCPU(), hostBusy(), time.Now()
+	time.Sleep(15 * time.Second)
+	window := float64(time.Since(cpuWindow))
+	idleCPU := float64(sandboxesCPU(all)-cpu0) / window
+	agentCPU := float64(processCPU(agentPid)-agent0) / window
+	hostCPU := float64(hostBusy()-host0) / window
+	var byName []string
+	for name, ns := range sandboxProcessCPU() {
+		if d := float64(ns-procs0[name]) / window; d > 0 {
+			byName = append(byName, fmt.Sprintf("%s %.3f", name, d))
+		}
+	}
+	sort.Strings(byName)
 	var usage, rss uint64
 	var procs int
 	snap := snapshotResources(b, s.dir)
@@ -248,6 +263,9 @@ func BenchmarkIdleDensity(b *testing.B) {
 		b.ReportMetric(float64(procs)/float64(count), "procs/sb")
 		b.ReportMetric(idleCPU, "idle-cores")
 		b.ReportMetric(per(idleCPU*100), "idle-cpu-%/sb")
+		b.ReportMetric(agentCPU, "agent-idle-cores")
+		b.ReportMetric(per(agentCPU*100), "agent-idle-cpu-%/sb")
+		b.ReportMetric(hostCPU, "host-busy-cores")
 		if len(viaAPI) > 0 {
 			b.ReportMetric(float64(len(viaAPI))/apiElapsed.Seconds(), "api-creates/s")
 		}
@@ -260,6 +278,8 @@ func BenchmarkIdleDensity(b *testing.B) {
 		b.Logf("%d sandboxes (%d via the API), %d answered; cgroup usage %.1f MiB in all, %.2f MiB/sb (anon %.2f MiB/sb); agent RSS %+.2f MiB/sb; host MemAvailable drop %.2f MiB/sb; %.1f processes/sb; idle CPU %.3f cores in all",
 			count, len(viaAPI), answered, float64(usage)/(1<<20), per(float64(usage))/(1<<20), per(float64(rss))/(1<<20),
 			per(growth)/(1<<20), per(float64(avail0)-float64(avail1))/(1<<20), float64(procs)/float64(count), idleCPU)
+		b.Logf("idle CPU over %.0f s, in cores: sandboxes %.3f (%.3f %%/sb; by process: %s), agent %.3f (%.4f %%/sb), whole host busy %.3f",
+			window/1e9, idleCPU, per(idleCPU*100), strings.Join(byName, ", "), agentCPU, per(agentCPU*100), hostCPU)
 	}
 	if count < n {
 		b.Logf("reached %d of %d: API: %s; agent: %s", count, n, apiStop, agentStop)
@@ -389,4 +409,70 @@ func kBField(path, key string) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s has no %s", path, key)
+}
+
+// clockTick is the kernel's USER_HZ, the unit of /proc CPU times (100 on
+// every Linux this runs on).
+const clockTick = 10 * time.Millisecond
+
+// processCPU is the CPU time, in nanoseconds, pid and its waited-for
+// children used so far (utime, stime, cutime, cstime of /proc/pid/stat).
+func processCPU(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which may hold spaces, in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	var sum uint64
+	for _, i := range []int{11, 12, 13, 14} { // fields 14-17, counted from 3
+		v, _ := strconv.ParseUint(f[i], 10, 64)
+		sum += v
+	}
+	return sum * uint64(clockTick)
+}
+
+// sandboxProcessCPU sums the CPU time (utime+stime, nanoseconds) of every
+// process in a sandbox cgroup by process name.
+func sandboxProcessCPU() map[string]uint64 {
+	out := map[string]uint64{}
+	paths, _ := filepath.Glob("/proc/[0-9]*/cgroup")
+	for _, p := range paths {
+		cg, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(cg), "/wrenn/sb-") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(p), "stat"))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		open, end := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		f := strings.Fields(st[end+2:])
+		ut, _ := strconv.ParseUint(f[11], 10, 64)
+		stime, _ := strconv.ParseUint(f[12], 10, 64)
+		out[st[open+1:end]] += (ut + stime) * uint64(clockTick)
+	}
+	return out
+}
+
+// hostBusy is the CPU time, in nanoseconds, all cores spent not idle.
+func hostBusy() uint64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)[1:]
+	var busy uint64
+	for i, x := range f {
+		v, _ := strconv.ParseUint(x, 10, 64)
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy * uint64(clockTick)
 }

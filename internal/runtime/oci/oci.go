@@ -345,15 +345,43 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 	if err != nil {
 		return "", err
 	}
-	switch st.Status {
-	case "running":
-		return runtime.StateRunning, nil
-	case "paused", "pausing":
-		return runtime.StatePaused, nil
-	case "stopped", "created":
-		return runtime.StateStopped, nil
+	if rs, ok := stateOf(st.Status); ok {
+		return rs, nil
 	}
 	return "", fmt.Errorf("sandbox %s: unknown runtime status %q", id, st.Status)
+}
+
+// stateOf maps the binary's status word to a runtime.State.
+func stateOf(status string) (runtime.State, bool) {
+	switch status {
+	case "running":
+		return runtime.StateRunning, true
+	case "paused", "pausing":
+		return runtime.StatePaused, true
+	case "stopped", "created":
+		return runtime.StateStopped, true
+	}
+	return "", false
+}
+
+// States reports the state of every sandbox under the state root from one
+// `list`, so a health check of N sandboxes runs one runtime process instead
+// of N. An id missing from the map is not in the runtime; a status the
+// driver does not know is reported as the binary spelled it.
+func (d *Driver) States(ctx context.Context) (map[string]runtime.State, error) {
+	cs, err := d.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]runtime.State, len(cs))
+	for _, c := range cs {
+		st, ok := stateOf(c.Status)
+		if !ok {
+			st = runtime.State(c.Status)
+		}
+		out[c.ID] = st
+	}
+	return out, nil
 }
 
 // Pause implements runtime.Runtime with the cgroup freezer.
@@ -465,6 +493,20 @@ func (d *Driver) Stats(ctx context.Context, id string) (runtime.Stats, error) {
 // List implements runtime.Runtime: every container under the driver's state
 // root, sorted.
 func (d *Driver) List(ctx context.Context) ([]string, error) {
+	cs, err := d.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(cs))
+	for _, c := range cs {
+		ids = append(ids, c.ID)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// list runs `list --format json`.
+func (d *Driver) list(ctx context.Context) ([]containerState, error) {
 	out, err := d.exec(ctx, "", "", "list", "--format", "json")
 	if err != nil {
 		return nil, fmt.Errorf("list %s containers: %w", d.cfg.Name, err)
@@ -473,10 +515,5 @@ func (d *Driver) List(ctx context.Context) ([]string, error) {
 	if err := json.Unmarshal(out, &cs); err != nil {
 		return nil, fmt.Errorf("parse %s container list: %w", d.cfg.Name, err)
 	}
-	ids := make([]string, 0, len(cs))
-	for _, c := range cs {
-		ids = append(ids, c.ID)
-	}
-	slices.Sort(ids)
-	return ids, nil
+	return cs, nil
 }
