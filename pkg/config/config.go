@@ -112,6 +112,11 @@ type ControlPlane struct {
 	// (WRENN_CPU_OVERCOMMIT, default 1.5). A sandbox's vCPUs are a CPU quota,
 	// not a reservation, so hosts of mostly idle sandboxes can take more.
 	CPUOvercommit float64
+	// MemoryOvercommit is how many MiB of sandbox memory limits the
+	// scheduler places per MiB of host memory (WRENN_MEMORY_OVERCOMMIT,
+	// default 1: limits are reservations). Idle sandboxes use a few MiB of
+	// their limit, so hosts of many idle sandboxes can take more.
+	MemoryOvercommit float64
 	// Domain is the parent domain of port URLs (WRENN_DOMAIN, optional, e.g.
 	// sandbox.localhost): {port}-{sandbox_id}.{Domain} reaches that port of
 	// the sandbox. Empty: only the E2b-Sandbox-Id/-Port header pair routes.
@@ -148,6 +153,12 @@ func LoadControlPlane(env Lookup) (ControlPlane, error) {
 		p.addf("WRENN_CPU_OVERCOMMIT %q must be a number from 1 to 100 (vCPUs placed per host core)", oc)
 	} else {
 		c.CPUOvercommit = f
+	}
+	moc := str(env, "WRENN_MEMORY_OVERCOMMIT", "1")
+	if f, err := strconv.ParseFloat(moc, 64); err != nil || f < 1 || f > 100 {
+		p.addf("WRENN_MEMORY_OVERCOMMIT %q must be a number from 1 to 100 (MiB of sandbox memory limits placed per MiB of host memory)", moc)
+	} else {
+		c.MemoryOvercommit = f
 	}
 	checkURL(&p, "WRENN_PUBLIC_URL", c.PublicURL, "http", "https")
 	c.Domain = strings.TrimSuffix(strings.ToLower(str(env, "WRENN_DOMAIN", "")), ".")

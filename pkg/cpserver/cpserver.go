@@ -190,6 +190,7 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	if placement == nil {
 		pol := scheduler.DefaultPolicy
 		pol.CPUOvercommit = cfg.CPUOvercommit
+		pol.MemoryOvercommit = cfg.MemoryOvercommit
 		placement = &pol
 	}
 	// Port traffic has a transport of its own, apart from the RPC pool.

@@ -40,6 +40,12 @@ type Policy struct {
 	// CPUOvercommit multiplies a host's vCPUs: sandboxes rarely use all
 	// their CPU, and CPU contention slows rather than kills.
 	CPUOvercommit float64
+	// MemoryOvercommit multiplies a host's memory; 0 means 1. A sandbox's
+	// memory is a cgroup limit, not a reservation: idle sandboxes use a few
+	// MiB of it, so hosts of many idle sandboxes can take more than the sum
+	// of their limits fits. Past the host's real memory the kernel reclaims
+	// and, at worst, OOM-kills inside the sandboxes that grew.
+	MemoryOvercommit float64
 	// PausedCPUShare and PausedMemoryShare are how much of a paused
 	// sandbox's CPU and memory still counts. A frozen sandbox uses no CPU;
 	// its memory is released by snapshotting runtimes but kept by freezer
@@ -50,7 +56,15 @@ type Policy struct {
 
 // DefaultPolicy: memory and disk are hard limits, CPU is overcommitted
 // 1.5×, paused sandboxes count no CPU and half their memory.
-var DefaultPolicy = Policy{CPUOvercommit: 1.5, PausedCPUShare: 0, PausedMemoryShare: 0.5}
+var DefaultPolicy = Policy{CPUOvercommit: 1.5, MemoryOvercommit: 1, PausedCPUShare: 0, PausedMemoryShare: 0.5}
+
+// memoryCapacity is h's memory as the policy admits it.
+func (p Policy) memoryCapacity(h Host) float64 {
+	if p.MemoryOvercommit <= 0 {
+		return h.Capacity.MemoryMB
+	}
+	return h.Capacity.MemoryMB * p.MemoryOvercommit
+}
 
 // Use is what a sandbox of size r takes from its host's capacity.
 func (p Policy) Use(r Resources, paused bool) Resources {
@@ -64,7 +78,7 @@ func (p Policy) Use(r Resources, paused bool) Resources {
 func (p Policy) Fits(h Host, req Resources) bool {
 	after := h.Used.add(req)
 	return within(after.VCPUs, h.Capacity.VCPUs*p.CPUOvercommit) &&
-		within(after.MemoryMB, h.Capacity.MemoryMB) &&
+		within(after.MemoryMB, p.memoryCapacity(h)) &&
 		within(after.DiskMB, h.Capacity.DiskMB)
 }
 
@@ -77,7 +91,7 @@ func (p Policy) load(h Host, req Resources) float64 {
 	l := 0.0
 	for _, d := range [][2]float64{
 		{after.VCPUs, h.Capacity.VCPUs * p.CPUOvercommit},
-		{after.MemoryMB, h.Capacity.MemoryMB},
+		{after.MemoryMB, p.memoryCapacity(h)},
 		{after.DiskMB, h.Capacity.DiskMB},
 	} {
 		if d[1] > 0 {

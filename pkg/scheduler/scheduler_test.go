@@ -37,6 +37,32 @@ func TestFits(t *testing.T) {
 	}
 }
 
+func TestMemoryOvercommit(t *testing.T) {
+	t.Parallel()
+	// 188 sandboxes of 128 MiB fill 24 GiB at their limits; 4x takes 752.
+	host := Host{ID: "h", Capacity: Resources{VCPUs: 200, MemoryMB: 24 << 10, DiskMB: 1 << 30}}
+	req := Resources{VCPUs: 0.1, MemoryMB: 128, DiskMB: 256}
+	for _, tc := range []struct {
+		name string
+		oc   float64
+		want int
+	}{{"unset is 1", 0, 192}, {"1", 1, 192}, {"4", 4, 768}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := DefaultPolicy
+			p.MemoryOvercommit = tc.oc
+			h, n := host, 0
+			for p.Fits(h, req) {
+				h.Used = h.Used.add(req)
+				n++
+			}
+			if n != tc.want {
+				t.Errorf("%d sandboxes admitted, want %d", n, tc.want)
+			}
+		})
+	}
+}
+
 func TestPausedCountsPartly(t *testing.T) {
 	t.Parallel()
 	r := Resources{VCPUs: 2, MemoryMB: 1000, DiskMB: 2000}
