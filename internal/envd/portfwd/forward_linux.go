@@ -2,7 +2,6 @@ package portfwd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,9 +17,9 @@ import (
 type Options struct {
 	// Logger receives forwarder starts, stops and failures; nil discards.
 	Logger *slog.Logger
-	// Interval is how often the socket tables are read (default 500 ms:
-	// reading them costs microseconds, and a service is reachable within
-	// half a second of listening).
+	// Interval is how often the listening sockets are read (default 500
+	// ms: a sock_diag dump of listeners costs microseconds, and a service
+	// is reachable within half a second of listening).
 	Interval time.Duration
 	// SkipPorts are never forwarded: envd's own port, which already listens
 	// on every address.
@@ -38,9 +37,11 @@ type Forwarder struct {
 	opts Options
 	skip map[uint16]bool
 
-	mu  sync.Mutex
-	fwd map[netip.AddrPort]*forward // by the external address listened on
-	wg  sync.WaitGroup
+	mu        sync.Mutex
+	fwd       map[netip.AddrPort]*forward // by the external address listened on
+	table     *listenerTable
+	listening []netip.AddrPort // the last poll's listeners; reused by the next
+	wg        sync.WaitGroup
 }
 
 // forward is one external listener proxying to a loopback service.
@@ -68,7 +69,11 @@ func New(opts Options) *Forwarder {
 	for _, p := range opts.SkipPorts {
 		skip[p] = true
 	}
-	return &Forwarder{log: opts.Logger, opts: opts, skip: skip, fwd: map[netip.AddrPort]*forward{}}
+	f := &Forwarder{log: opts.Logger, opts: opts, skip: skip, fwd: map[netip.AddrPort]*forward{}}
+	f.table = newListenerTable(func(err error) {
+		f.log.Debug("port forwarding reads /proc/net/tcp instead of sock_diag", "error", err)
+	})
+	return f
 }
 
 // Run polls until ctx ends, then closes every forwarder and every proxied
@@ -108,27 +113,29 @@ func (f *Forwarder) Active() []netip.AddrPort {
 	return out
 }
 
-// Poll reads the socket tables once, starts forwarders for new loopback-only
-// listeners and stops those whose listener went away.
+// Poll reads the listening sockets once, starts forwarders for new
+// loopback-only listeners and stops those whose listener went away.
+//
+// An idle sandbox polls twice a second for as long as it lives, hundreds
+// per host, so the common case (nothing listens only on loopback, nothing
+// is forwarded) allocates nothing and asks the kernel nothing beyond the
+// listener dump.
 func (f *Forwarder) Poll() error {
-	var listening []netip.AddrPort
-	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		ls, err := readTable(name)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) { // no IPv6 in this kernel
-				continue
-			}
-			return err
-		}
-		listening = append(listening, ls...)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	listening, err := f.table.list(f.listening)
+	if err != nil {
+		return err
+	}
+	f.listening = listening
+	if len(f.fwd) == 0 && !f.anyLoopbackOnly(listening) {
+		return nil
 	}
 	ext, err := f.opts.ExternalAddrs()
 	if err != nil {
 		return fmt.Errorf("list external addresses: %w", err)
 	}
 
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	bound := map[netip.AddrPort]bool{} // listeners that are not ours
 	wildcard := map[uint16]bool{}
 	loopback := map[uint16]string{} // port → target host
@@ -189,12 +196,35 @@ func (f *Forwarder) Poll() error {
 	return nil
 }
 
+// anyLoopbackOnly reports whether some port that is not skipped has a
+// loopback listener and no wildcard one: a candidate for forwarding. It is
+// quadratic in the number of listeners, which in a sandbox are a handful.
+func (f *Forwarder) anyLoopbackOnly(listening []netip.AddrPort) bool {
+	for _, ap := range listening {
+		if !ap.Addr().IsLoopback() || f.skip[ap.Port()] {
+			continue
+		}
+		wild := false
+		for _, o := range listening {
+			if o.Port() == ap.Port() && o.Addr().IsUnspecified() {
+				wild = true
+				break
+			}
+		}
+		if !wild {
+			return true
+		}
+	}
+	return false
+}
+
 func (f *Forwarder) closeAll() {
 	f.mu.Lock()
 	for ap, fw := range f.fwd {
 		fw.close()
 		delete(f.fwd, ap)
 	}
+	f.table.close()
 	f.mu.Unlock()
 	f.wg.Wait()
 }

@@ -72,6 +72,21 @@ func forwardScenario(t *testing.T) {
 	wild := greeter(t, "tcp4", "0.0.0.0:0", "wild")
 	skipped := greeter(t, "tcp4", "127.0.0.1:0", "skipped")
 
+	// sock_diag, which polls use, sees what /proc/net/tcp{,6} list.
+	tbl := newListenerTable(func(err error) { t.Errorf("sock_diag is not usable: %v", err) })
+	fromDiag, err := tbl.list(nil)
+	tbl.close()
+	if err != nil {
+		t.Fatalf("list listeners over sock_diag: %v", err)
+	}
+	fromProc, err := procListeners(nil)
+	if err != nil {
+		t.Fatalf("list listeners in /proc: %v", err)
+	}
+	if a, b := addrStrings(fromDiag), addrStrings(fromProc); !slices.Equal(a, b) || len(a) != 4 {
+		t.Errorf("sock_diag lists %v, /proc lists %v; want the same 4 listeners", a, b)
+	}
+
 	f := New(Options{Interval: 20 * time.Millisecond, SkipPorts: []uint16{port(skipped)}})
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})
@@ -132,6 +147,30 @@ func forwardScenario(t *testing.T) {
 	if listensOn(t, ext(v6)) {
 		t.Errorf("%s still listening after Run returned", ext(v6))
 	}
+
+	// With nothing listening only on loopback (the skipped port does not
+	// count), a poll is what an idle sandbox does twice a second: it must
+	// not allocate (nor list interfaces, which would).
+	v6.Close()
+	if allocs := testing.AllocsPerRun(20, func() {
+		if err := f.Poll(); err != nil {
+			t.Fatalf("Poll: %v", err)
+		}
+	}); allocs != 0 {
+		t.Errorf("an idle poll allocates %.1f times", allocs)
+	}
+	if got := active(f); len(got) != 0 {
+		t.Errorf("idle polls started forwarders: %v", got)
+	}
+	f.closeAll()
+}
+
+func addrStrings(aps []netip.AddrPort) []string {
+	var out []string
+	for _, ap := range aps {
+		out = append(out, ap.String())
+	}
+	return sorted(out)
 }
 
 // greeter listens on addr and writes msg and a newline to every connection,
