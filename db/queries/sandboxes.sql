@@ -1,9 +1,8 @@
 -- Sandboxes. Status changes only through the *If queries below: each is a
--- compare-and-set on the expected status, so a writer that lost a race
--- changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
--- by team_id. seen_at, when set, also requires the row to be unchanged
--- since it was read (updated_at), for writers like the host monitor whose
--- decision rests on a read that an A-B-A round trip could make stale.
+-- compare-and-set on the expected status and the row's generation, and
+-- increments the generation, so a writer that lost a race, or holds an
+-- outcome of an operation that is over, changes nothing and gets no row back
+-- (pgx.ErrNoRows). Every query filters by team_id.
 
 -- name: InsertSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec)
@@ -18,9 +17,9 @@ SELECT * FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC;
 
 -- name: UpdateSandboxStatusIf :one
 UPDATE sandboxes
-SET status = sqlc.arg(status), updated_at = now()
+SET status = sqlc.arg(status), updated_at = now(), generation = generation + 1
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
-  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
+  AND generation = sqlc.arg(generation)
 RETURNING *;
 
 -- name: UpdateSandboxRunningIf :one
@@ -32,35 +31,37 @@ SET status = 'running',
     disk_mb = sqlc.arg(disk_mb),
     started_at = sqlc.arg(started_at),
     error = '',
-    updated_at = now()
+    updated_at = now(),
+    generation = generation + 1
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
-  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
+  AND generation = sqlc.arg(generation)
 RETURNING *;
 
 -- name: UpdateSandboxErrorIf :one
 UPDATE sandboxes
-SET status = 'error', error = sqlc.arg(error), updated_at = now()
+SET status = 'error', error = sqlc.arg(error), updated_at = now(), generation = generation + 1
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
-  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
+  AND generation = sqlc.arg(generation)
 RETURNING *;
 
 -- name: UpdateSandboxStoppedIf :one
 UPDATE sandboxes
-SET status = 'stopped', stopped_at = sqlc.arg(stopped_at), updated_at = now()
+SET status = 'stopped', stopped_at = sqlc.arg(stopped_at), updated_at = now(), generation = generation + 1
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
-  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
+  AND generation = sqlc.arg(generation)
 RETURNING *;
 
 -- name: UpdateSandboxMissingIf :one
 -- The host stopped answering: remember what the sandbox was.
 UPDATE sandboxes
-SET status = 'missing', missing_from = sqlc.arg(expected)::text, updated_at = now()
+SET status = 'missing', missing_from = sqlc.arg(expected)::text, updated_at = now(), generation = generation + 1
 WHERE id = sqlc.arg(id) AND team_id = sqlc.arg(team_id) AND status = sqlc.arg(expected)
-  AND (sqlc.narg(seen_at)::timestamptz IS NULL OR updated_at = sqlc.narg(seen_at)::timestamptz)
+  AND generation = sqlc.arg(generation)
 RETURNING *;
 
 -- name: UpdateSandboxTimeout :one
--- The timeout is no status, so it is written directly; stopped and errored
+-- The timeout is no status, so it is written directly and leaves the
+-- generation alone (no transition is made stale by it); stopped and errored
 -- sandboxes keep theirs.
 UPDATE sandboxes
 SET timeout_sec = sqlc.arg(timeout_sec), updated_at = now()

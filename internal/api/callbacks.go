@@ -124,14 +124,15 @@ func (a *API) hostSandboxEvent(w http.ResponseWriter, r *http.Request) {
 			return nil
 		}
 		// Retry when another writer moved the sandbox between the read and
-		// the compare-and-set.
+		// the compare-and-set (on status and generation, so the decision is
+		// never taken on a read that is out of date).
 		for range 5 {
 			cur := lifecycle.Status(sb.Status)
 			to, msg, ok := ev.target(cur)
 			if !ok {
 				return nil
 			}
-			e := events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: host.ID, From: cur, To: to, Actor: "agent", Error: msg, Time: ev.Time.UTC()}
+			e := events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: host.ID, From: cur, To: to, Generation: sb.Generation, Actor: "agent", Error: msg, Time: ev.Time.UTC()}
 			moved, err := ApplyTransition(ctx, q, e)
 			if err != nil {
 				return err

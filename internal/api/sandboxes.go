@@ -185,10 +185,11 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 		disk = sb.DiskMb
 	}
 	// The outcome is published before it is recorded: if this process dies
-	// in between, the event consumer records it instead.
+	// in between, the event consumer records it instead (the same
+	// compare-and-set, at the generation the row was inserted with).
 	info := &events.RunningInfo{HostIP: res.HostIP, GuestIP: res.GuestIP, EnvdVersion: res.EnvdVersion, DiskMB: disk, StartedAt: started}
-	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Starting, To: lifecycle.Running, Actor: actor, Running: info})
-	_, err = a.q.UpdateSandboxRunningIf(wctx, runningParams(sb.ID, sb.TeamID, lifecycle.Starting, info))
+	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Starting, To: lifecycle.Running, Generation: sb.Generation, Actor: actor, Running: info})
+	_, err = a.q.UpdateSandboxRunningIf(wctx, runningParams(sb.ID, sb.TeamID, lifecycle.Starting, sb.Generation, info))
 	switch {
 	case err == nil:
 		log.Info("sandbox running")
@@ -217,10 +218,10 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 	}
 }
 
-func runningParams(sid, teamID string, expected lifecycle.Status, r *events.RunningInfo) db.UpdateSandboxRunningIfParams {
+func runningParams(sid, teamID string, expected lifecycle.Status, generation int64, r *events.RunningInfo) db.UpdateSandboxRunningIfParams {
 	started := r.StartedAt
 	return db.UpdateSandboxRunningIfParams{
-		ID: sid, TeamID: teamID, Expected: string(expected),
+		ID: sid, TeamID: teamID, Expected: string(expected), Generation: generation,
 		HostIp: r.HostIP, GuestIp: r.GuestIP, EnvdVersion: r.EnvdVersion, DiskMb: r.DiskMB, StartedAt: &started,
 	}
 }
@@ -241,18 +242,9 @@ func createFailure(err error, timeout time.Duration) string {
 }
 
 // settleError publishes and then records (CAS) sb's move from expected to
-// error.
+// error, at sb's generation (see settleStatus).
 func (a *API) settleError(ctx context.Context, sb db.Sandbox, expected lifecycle.Status, msg, actor string) {
-	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
-	a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: expected, To: lifecycle.Error, Actor: actor, Error: msg})
-	_, err := a.q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: sb.ID, TeamID: sb.TeamID, Expected: string(expected), Error: msg})
-	if isNoRows(err) {
-		log.Info("sandbox left "+string(expected)+" before its failure was recorded", "failure", msg)
-		return
-	}
-	if err != nil {
-		log.Error("record sandbox error", "err", err)
-	}
+	a.settleStatus(ctx, sb, expected, lifecycle.Error, msg, actor)
 }
 
 // publish sends an event; a Redis failure is logged, never the caller's
@@ -330,7 +322,7 @@ func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
-			ID: sb.ID, TeamID: sb.TeamID, Expected: string(from), Status: string(lifecycle.Stopping),
+			ID: sb.ID, TeamID: sb.TeamID, Expected: string(from), Generation: sb.Generation, Status: string(lifecycle.Stopping),
 		})
 		if err == nil {
 			host, herr := a.q.GetHost(ctx, moved.HostID)
@@ -339,7 +331,7 @@ func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 				a.fail(w, r, fmt.Errorf("get host %s: %w", moved.HostID, herr))
 				return
 			}
-			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: lifecycle.Stopping, Actor: actor})
+			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: lifecycle.Stopping, Generation: sb.Generation, Actor: actor})
 			if err := a.goBackground(func(ctx context.Context) { a.stopSandbox(ctx, moved, host.Address, actor) }); err != nil {
 				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the control plane shut down before the sandbox was stopped; delete it again", actor)
 				a.fail(w, r, err)
@@ -382,18 +374,9 @@ func (a *API) stopSandbox(ctx context.Context, sb db.Sandbox, address, actor str
 		a.settleError(wctx, sb, lifecycle.Stopping, msg, "worker")
 		return
 	}
-	now := a.d.Now()
-	a.publish(wctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: lifecycle.Stopping, To: lifecycle.Stopped, Actor: actor, Time: now})
-	_, err = a.q.UpdateSandboxStoppedIf(wctx, db.UpdateSandboxStoppedIfParams{ID: sb.ID, TeamID: sb.TeamID, Expected: string(lifecycle.Stopping), StoppedAt: &now})
-	if isNoRows(err) {
-		log.Info("sandbox left stopping before this worker recorded it stopped")
-		return
+	if a.settleStatus(wctx, sb, lifecycle.Stopping, lifecycle.Stopped, "", actor) {
+		log.Info("sandbox stopped")
 	}
-	if err != nil {
-		log.Error("record stopped sandbox", "err", err)
-		return
-	}
-	log.Info("sandbox stopped")
 }
 
 // execRequest is POST /v1/sandboxes/{id}/exec. Args is a pointer so an

@@ -78,10 +78,10 @@ func (a *API) startOp(w http.ResponseWriter, r *http.Request, op asyncOp) {
 			return
 		}
 		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
-			ID: sb.ID, TeamID: sb.TeamID, Expected: string(op.from), Status: string(op.via),
+			ID: sb.ID, TeamID: sb.TeamID, Expected: string(op.from), Generation: sb.Generation, Status: string(op.via),
 		})
 		if err == nil {
-			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: op.from, To: op.via, Actor: actor})
+			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: op.from, To: op.via, Generation: sb.Generation, Actor: actor})
 			host, herr := a.q.GetHost(ctx, moved.HostID)
 			if herr != nil {
 				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the sandbox's host is unknown", actor)
@@ -109,6 +109,8 @@ func (a *API) startOp(w http.ResponseWriter, r *http.Request, op asyncOp) {
 }
 
 // runOp calls the agent and records the outcome. It runs in the background.
+// sb is the row as its move to op.via left it: the outcome applies only to
+// that generation, never to a later operation that passed through op.via.
 func (a *API) runOp(ctx context.Context, op asyncOp, sb db.Sandbox, address, actor string) {
 	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
 	agent, err := a.d.Agents.Agent(sb.HostID, address)
@@ -146,11 +148,14 @@ func opFailure(verb string, err error) string {
 }
 
 // settleStatus publishes and then records (CAS) sb's move from expected to
-// to. msg is the failure that caused it, if any; it is recorded in the row
-// only when to is error.
+// to, at sb's generation: sb is the row as this writer left it in
+// expected. The event consumer applies the same compare-and-set from the
+// event, so whichever of the two comes second changes nothing. msg is the
+// failure that caused it, if any; it is recorded in the row only when to is
+// error.
 func (a *API) settleStatus(ctx context.Context, sb db.Sandbox, expected, to lifecycle.Status, msg, actor string) bool {
 	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
-	e := events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: expected, To: to, Actor: actor, Error: msg, Time: a.d.Now().UTC()}
+	e := events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: expected, To: to, Generation: sb.Generation, Actor: actor, Error: msg, Time: a.d.Now().UTC()}
 	a.publish(ctx, log, e)
 	ok, err := a.applyTransition(ctx, e)
 	if err != nil {
@@ -170,34 +175,26 @@ func (a *API) applyTransition(ctx context.Context, e events.Event) (bool, error)
 }
 
 // ApplyTransition records e with the compare-and-set query its target
-// needs; false means the sandbox was no longer in e.From (someone else
-// recorded it or something newer happened). The API, the event consumer,
-// agent callbacks and the host monitor all write through it.
+// needs: the row must still be in e.From at e.Generation, and moving it
+// increments the generation. False means it was not (someone else recorded
+// e, or the sandbox has moved on since e's transition began, even if it came
+// back to the same status), so the same event applied twice, or applied
+// after a newer operation, changes nothing. The API's workers, the event
+// consumer, agent callbacks and the host monitor all write through it.
 func ApplyTransition(ctx context.Context, q *db.Queries, e events.Event) (bool, error) {
-	return ApplyTransitionSeen(ctx, q, e, nil)
-}
-
-// ApplyTransitionSeen is ApplyTransition that, with seenAt set, also
-// requires the row's updated_at to still be seenAt: the writer's decision
-// rested on that read, and a round trip through other statuses (running →
-// pausing → paused → resuming → running) since then would make it wrong even
-// though the status compares equal.
-func ApplyTransitionSeen(ctx context.Context, q *db.Queries, e events.Event, seenAt *time.Time) (bool, error) {
 	var err error
 	switch {
 	case e.To == lifecycle.Running && e.Running != nil:
-		p := runningParams(e.SandboxID, e.TeamID, e.From, e.Running)
-		p.SeenAt = seenAt
-		_, err = q.UpdateSandboxRunningIf(ctx, p)
+		_, err = q.UpdateSandboxRunningIf(ctx, runningParams(e.SandboxID, e.TeamID, e.From, e.Generation, e.Running))
 	case e.To == lifecycle.Error:
-		_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Error: e.Error, SeenAt: seenAt})
+		_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Generation: e.Generation, Error: e.Error})
 	case e.To == lifecycle.Stopped:
 		t := e.Time
-		_, err = q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), StoppedAt: &t, SeenAt: seenAt})
+		_, err = q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Generation: e.Generation, StoppedAt: &t})
 	case e.To == lifecycle.Missing:
-		_, err = q.UpdateSandboxMissingIf(ctx, db.UpdateSandboxMissingIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), SeenAt: seenAt})
+		_, err = q.UpdateSandboxMissingIf(ctx, db.UpdateSandboxMissingIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Generation: e.Generation})
 	default:
-		_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Status: string(e.To), SeenAt: seenAt})
+		_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: e.SandboxID, TeamID: e.TeamID, Expected: string(e.From), Generation: e.Generation, Status: string(e.To)})
 	}
 	if isNoRows(err) {
 		return false, nil

@@ -170,7 +170,7 @@ func (m *Monitor) markMissing(ctx context.Context, h db.Host) error {
 func (m *Monitor) reconcile(ctx context.Context, h db.Host, now time.Time) error {
 	log := m.log.With("host_id", h.ID)
 	// Rows first, then the host: a row that changes after it was read fails
-	// its compare-and-set (on status and updated_at, so even a round trip
+	// its compare-and-set (on status and generation, so even a round trip
 	// back to the same status counts), whereas a host list older than the
 	// rows could undo a transition that finished in between.
 	rows, err := m.q.ListLiveSandboxesOnHost(ctx, h.ID)
@@ -291,23 +291,24 @@ func (m *Monitor) settle(ctx context.Context, agent hostclient.Agent, sb db.Sand
 }
 
 // move publishes and records sb's transition to `to` with a compare-and-set
-// on the status the monitor read.
+// on the status and generation the monitor read: its decision rests on that
+// read and on a host list taken after it, so any change since (a writer
+// that finished after all, an agent callback) voids it. A move bumps the
+// generation like any transition, so the outcome of an operation the
+// monitor settled, should its writer still be alive, changes nothing.
 func (m *Monitor) move(ctx context.Context, sb db.Sandbox, to lifecycle.Status, msg string, info *events.RunningInfo) error {
 	from := lifecycle.Status(sb.Status)
 	if err := lifecycle.Check(from, to); err != nil {
 		return fmt.Errorf("monitor: sandbox %s: %w", sb.ID, err)
 	}
 	log := m.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
-	e := events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: to, Actor: "monitor", Error: msg, Time: m.o.Now().UTC(), Running: info}
+	e := events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: to, Generation: sb.Generation, Actor: "monitor", Error: msg, Time: m.o.Now().UTC(), Running: info}
 	if m.o.Events != nil {
 		if err := m.o.Events.Publish(ctx, e); err != nil {
 			log.Warn("publish lifecycle event", "err", err, "from", from, "to", to)
 		}
 	}
-	// The row must be as the monitor read it: its decision rests on that
-	// read and on a host list taken after it.
-	seen := sb.UpdatedAt
-	moved, err := api.ApplyTransitionSeen(ctx, m.q, e, &seen)
+	moved, err := api.ApplyTransition(ctx, m.q, e)
 	if err != nil {
 		return err
 	}

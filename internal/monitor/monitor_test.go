@@ -10,10 +10,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/wrenn/wrenn/db/migrations"
+	"github.com/wrenn/wrenn/internal/api"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/pkg/db"
+	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/id"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -283,8 +286,17 @@ func TestStaleReadIsNotApplied(t *testing.T) {
 	hostID, _ := e.host("h")
 	sid := e.sandbox(hostID, "running", "paused")
 	e.fake.OnList = func(ctx context.Context) error {
-		_, err := e.pool.Exec(ctx, "UPDATE sandboxes SET updated_at = now() WHERE id = $1", sid)
-		return err
+		// Between the monitor's read and its write, through the same
+		// compare-and-set queries the API uses.
+		sb := e.row(sid)
+		for _, to := range []lifecycle.Status{lifecycle.Pausing, lifecycle.Paused, lifecycle.Resuming, lifecycle.Running} {
+			var err error
+			sb, err = e.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: sid, TeamID: e.teamID, Expected: sb.Status, Generation: sb.Generation, Status: string(to)})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	e.pass()
 	if got := e.row(sid).Status; got != "running" {
@@ -294,5 +306,45 @@ func TestStaleReadIsNotApplied(t *testing.T) {
 	e.pass()
 	if got := e.row(sid).Status; got != "paused" {
 		t.Fatalf("fresh decision not applied: %s", got)
+	}
+}
+
+// A writer that outlived the grace period: the monitor settles its stuck
+// pause from the host's list, then the writer's late outcome (published
+// and applied with the generation its pause began at) changes nothing,
+// neither from the writer nor replayed by the consumer, and the next pass
+// brings the row to what the late pause did on the host.
+func TestLateWriterAfterMonitorSettle(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	hostID, tok := e.host("h")
+	ctx := context.Background()
+	sid := e.sandbox(hostID, "pausing", "running")
+	stuck := e.row(sid)
+	e.clock.Add(time.Since(e.clock.Now()) + 3*time.Minute + time.Second)
+	e.heartbeat(tok)
+	e.pass()
+	settled := e.row(sid)
+	if settled.Status != "running" || settled.Generation != stuck.Generation+1 {
+		t.Fatalf("monitor left %s at %d, want running at %d", settled.Status, settled.Generation, stuck.Generation+1)
+	}
+	// The host finishes the pause after all; the writer records it.
+	_, err := e.fake.PauseSandbox(ctx, sid)
+	must(t, err)
+	late := events.Event{SandboxID: sid, TeamID: e.teamID, HostID: hostID, From: lifecycle.Pausing, To: lifecycle.Paused, Generation: stuck.Generation, Actor: "worker", Time: e.clock.Now()}
+	for range 2 {
+		moved, err := api.ApplyTransition(ctx, e.q, late)
+		must(t, err)
+		if moved {
+			t.Fatal("the late outcome of a settled pause was recorded")
+		}
+	}
+	if got := e.row(sid); got.Status != "running" || got.Generation != settled.Generation {
+		t.Fatalf("after the late outcome: %s at %d", got.Status, got.Generation)
+	}
+	e.heartbeat(tok)
+	e.pass()
+	if got := e.row(sid).Status; got != "paused" {
+		t.Errorf("next pass: %s, want paused as on the host", got)
 	}
 }

@@ -298,7 +298,8 @@ func TestConsumerConvergesAfterWriterDied(t *testing.T) {
 		t.Fatal(err)
 	}
 	sid := id.New(id.Sandbox)
-	if _, err := q.InsertSandbox(bg, db.InsertSandboxParams{ID: sid, TeamID: teamID, HostID: "host-dead", Template: "minimal", Vcpus: 1, MemoryMb: 512, TimeoutSec: 60}); err != nil {
+	inserted, err := q.InsertSandbox(bg, db.InsertSandboxParams{ID: sid, TeamID: teamID, HostID: "host-dead", Template: "minimal", Vcpus: 1, MemoryMb: 512, TimeoutSec: 60})
+	if err != nil {
 		t.Fatal(err)
 	}
 	ropts, _ := redis.ParseURL(redisURL)
@@ -306,7 +307,7 @@ func TestConsumerConvergesAfterWriterDied(t *testing.T) {
 	defer rdb.Close()
 	// The consumer group exists once Run is ready; the dead replica's last act:
 	if err := events.NewRedisPublisher(rdb).Publish(bg, events.Event{
-		SandboxID: sid, TeamID: teamID, HostID: "host-dead", From: lifecycle.Starting, To: lifecycle.Running, Actor: "worker", Time: time.Now(),
+		SandboxID: sid, TeamID: teamID, HostID: "host-dead", From: lifecycle.Starting, To: lifecycle.Running, Generation: inserted.Generation, Actor: "worker", Time: time.Now(),
 		Running: &events.RunningInfo{HostIP: "10.2.0.1", GuestIP: "10.2.0.2", EnvdVersion: "e", DiskMB: 1, StartedAt: time.Now()},
 	}); err != nil {
 		t.Fatal(err)

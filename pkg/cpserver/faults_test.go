@@ -157,11 +157,12 @@ func TestRedisDownOperationsCompleteAndConsumerCatchesUp(t *testing.T) {
 	if err := pool.QueryRow(bg, "SELECT host_id FROM sandboxes WHERE id = $1", during).Scan(&hostID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.InsertSandbox(bg, db.InsertSandboxParams{ID: orphan, TeamID: teamID, HostID: hostID, Template: "minimal", Vcpus: 1, MemoryMb: 512, TimeoutSec: 60}); err != nil {
+	inserted, err := q.InsertSandbox(bg, db.InsertSandboxParams{ID: orphan, TeamID: teamID, HostID: hostID, Template: "minimal", Vcpus: 1, MemoryMb: 512, TimeoutSec: 60})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := events.NewRedisPublisher(rdb).Publish(bg, events.Event{
-		SandboxID: orphan, TeamID: teamID, HostID: hostID, From: lifecycle.Starting, To: lifecycle.Running, Actor: "worker", Time: time.Now(),
+		SandboxID: orphan, TeamID: teamID, HostID: hostID, From: lifecycle.Starting, To: lifecycle.Running, Generation: inserted.Generation, Actor: "worker", Time: time.Now(),
 		Running: &events.RunningInfo{HostIP: "10.3.0.1", GuestIP: "10.3.0.2", EnvdVersion: "e", DiskMB: 1, StartedAt: time.Now()},
 	}); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -80,25 +81,28 @@ func TestCASExactlyOneWinner(t *testing.T) {
 	ctx := context.Background()
 	started := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	stopped := started.Add(time.Hour)
-	kinds := map[string]func(id string, i int) (db.Sandbox, error){
-		"status": func(id string, i int) (db.Sandbox, error) {
-			return q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: id, TeamID: "team-a", Expected: "starting", Status: "stopping"})
+	kinds := map[string]func(sb db.Sandbox, i int) (db.Sandbox, error){
+		"status": func(sb db.Sandbox, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: sb.ID, TeamID: "team-a", Expected: "starting", Generation: sb.Generation, Status: "stopping"})
 		},
-		"running": func(id string, i int) (db.Sandbox, error) {
-			return q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: id, TeamID: "team-a", Expected: "starting",
+		"running": func(sb db.Sandbox, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: sb.ID, TeamID: "team-a", Expected: "starting", Generation: sb.Generation,
 				HostIp: "10.0.0.1", GuestIp: "10.0.0.2", EnvdVersion: "v1", DiskMb: int64(i), StartedAt: &started})
 		},
-		"error": func(id string, i int) (db.Sandbox, error) {
-			return q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: id, TeamID: "team-a", Expected: "starting", Error: "e"})
+		"error": func(sb db.Sandbox, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: sb.ID, TeamID: "team-a", Expected: "starting", Generation: sb.Generation, Error: "e"})
 		},
-		"stopped": func(id string, i int) (db.Sandbox, error) {
-			return q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: id, TeamID: "team-a", Expected: "starting", StoppedAt: &stopped})
+		"stopped": func(sb db.Sandbox, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxStoppedIf(ctx, db.UpdateSandboxStoppedIfParams{ID: sb.ID, TeamID: "team-a", Expected: "starting", Generation: sb.Generation, StoppedAt: &stopped})
+		},
+		"missing": func(sb db.Sandbox, i int) (db.Sandbox, error) {
+			return q.UpdateSandboxMissingIf(ctx, db.UpdateSandboxMissingIfParams{ID: sb.ID, TeamID: "team-a", Expected: "starting", Generation: sb.Generation})
 		},
 	}
 	for name, cas := range kinds {
 		t.Run(name, func(t *testing.T) {
 			sid := "sb-" + name
-			newSandbox(t, q, sid)
+			inserted := newSandbox(t, q, sid)
 			var (
 				wg      sync.WaitGroup
 				mu      sync.Mutex
@@ -109,7 +113,7 @@ func TestCASExactlyOneWinner(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					sb, err := cas(sid, i)
+					sb, err := cas(inserted, i)
 					mu.Lock()
 					defer mu.Unlock()
 					switch {
@@ -131,6 +135,9 @@ func TestCASExactlyOneWinner(t *testing.T) {
 			if final.Status != winners[0].Status || final.DiskMb != winners[0].DiskMb || !final.UpdatedAt.Equal(winners[0].UpdatedAt) {
 				t.Errorf("row %+v is not the winner's %+v", final, winners[0])
 			}
+			if final.Generation != inserted.Generation+1 {
+				t.Errorf("generation %d after one transition from %d", final.Generation, inserted.Generation)
+			}
 		})
 	}
 }
@@ -141,7 +148,7 @@ func TestCASLoserChangesNothing(t *testing.T) {
 	t.Parallel()
 	_, q := setup(t)
 	ctx := context.Background()
-	newSandbox(t, q, "sb-mixed")
+	gen := newSandbox(t, q, "sb-mixed").Generation
 	now := time.Now()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -155,13 +162,13 @@ func TestCASLoserChangesNothing(t *testing.T) {
 			switch i % 3 {
 			case 0:
 				who = "running"
-				_, err = q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", HostIp: "h", GuestIp: "g", StartedAt: &now})
+				_, err = q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Generation: gen, HostIp: "h", GuestIp: "g", StartedAt: &now})
 			case 1:
 				who = "error"
-				_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Error: "boom"})
+				_, err = q.UpdateSandboxErrorIf(ctx, db.UpdateSandboxErrorIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Generation: gen, Error: "boom"})
 			case 2:
 				who = "stopping"
-				_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Status: "stopping"})
+				_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-mixed", TeamID: "team-a", Expected: "starting", Generation: gen, Status: "stopping"})
 			}
 			if err == nil {
 				mu.Lock()
@@ -190,16 +197,61 @@ func TestCASLoserChangesNothing(t *testing.T) {
 	}
 }
 
+// A round trip back to the same status (starting → … → running → pausing →
+// paused → resuming → running) leaves the status equal and the generation
+// moved on: a writer holding the older generation changes nothing, the one
+// holding the current generation wins, once.
+func TestCASGenerationOutlivesRoundTrip(t *testing.T) {
+	t.Parallel()
+	_, q := setup(t)
+	ctx := context.Background()
+	sb := newSandbox(t, q, "sb-aba")
+	now := time.Now()
+	sb, err := q.UpdateSandboxRunningIf(ctx, db.UpdateSandboxRunningIfParams{ID: sb.ID, TeamID: "team-a", Expected: "starting", Generation: sb.Generation, StartedAt: &now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := sb
+	for _, to := range []string{"pausing", "paused", "resuming", "running"} {
+		next, err := q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: sb.ID, TeamID: "team-a", Expected: sb.Status, Generation: sb.Generation, Status: to})
+		if err != nil {
+			t.Fatalf("%s -> %s: %v", sb.Status, to, err)
+		}
+		if next.Generation != sb.Generation+1 {
+			t.Fatalf("%s -> %s: generation %d -> %d", sb.Status, to, sb.Generation, next.Generation)
+		}
+		sb = next
+	}
+	if sb.Status != old.Status {
+		t.Fatalf("round trip ended %s", sb.Status)
+	}
+	stale := db.UpdateSandboxStatusIfParams{ID: sb.ID, TeamID: "team-a", Expected: "running", Generation: old.Generation, Status: "pausing"}
+	if _, err := q.UpdateSandboxStatusIf(ctx, stale); !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("CAS at the generation before the round trip: %v, want ErrNoRows", err)
+	}
+	if got := get(t, q, sb.ID); !reflect.DeepEqual(got, sb) {
+		t.Fatalf("stale CAS changed the row: %+v", got)
+	}
+	cur := stale
+	cur.Generation = sb.Generation
+	if _, err := q.UpdateSandboxStatusIf(ctx, cur); err != nil {
+		t.Fatalf("CAS at the current generation: %v", err)
+	}
+	if _, err := q.UpdateSandboxStatusIf(ctx, cur); !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("the same CAS twice: %v, want ErrNoRows", err)
+	}
+}
+
 func TestCASFiltersByTeamAndStatus(t *testing.T) {
 	t.Parallel()
 	_, q := setup(t)
 	ctx := context.Background()
 	before := newSandbox(t, q, "sb-team")
-	_, err := q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-team", TeamID: "team-b", Expected: "starting", Status: "stopping"})
+	_, err := q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-team", TeamID: "team-b", Expected: "starting", Generation: before.Generation, Status: "stopping"})
 	if !errors.Is(err, pgx.ErrNoRows) {
 		t.Fatalf("other team's CAS: %v, want ErrNoRows", err)
 	}
-	_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-team", TeamID: "team-a", Expected: "running", Status: "stopping"})
+	_, err = q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{ID: "sb-team", TeamID: "team-a", Expected: "running", Generation: before.Generation, Status: "stopping"})
 	if !errors.Is(err, pgx.ErrNoRows) {
 		t.Fatalf("wrong expected status: %v, want ErrNoRows", err)
 	}
@@ -220,8 +272,8 @@ func TestCASFiltersByTeamAndStatus(t *testing.T) {
 func TestStatusCheckConstraint(t *testing.T) {
 	t.Parallel()
 	_, q := setup(t)
-	newSandbox(t, q, "sb-check")
-	_, err := q.UpdateSandboxStatusIf(context.Background(), db.UpdateSandboxStatusIfParams{ID: "sb-check", TeamID: "team-a", Expected: "starting", Status: "flying"})
+	sb := newSandbox(t, q, "sb-check")
+	_, err := q.UpdateSandboxStatusIf(context.Background(), db.UpdateSandboxStatusIfParams{ID: "sb-check", TeamID: "team-a", Expected: "starting", Generation: sb.Generation, Status: "flying"})
 	if err == nil || errors.Is(err, pgx.ErrNoRows) {
 		t.Fatalf("unknown status stored: %v", err)
 	}

@@ -86,6 +86,7 @@ type Sandbox struct {
 	StoppedAt   *time.Time
 	UpdatedAt   time.Time
 	MissingFrom *string
+	Generation  int64
 }
 
 type SandboxTrafficToken struct {

@@ -62,11 +62,10 @@ type Querier interface {
 	// The first replica's CA wins; the others read it back.
 	InsertCA(ctx context.Context, arg InsertCAParams) error
 	// Sandboxes. Status changes only through the *If queries below: each is a
-	// compare-and-set on the expected status, so a writer that lost a race
-	// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
-	// by team_id. seen_at, when set, also requires the row to be unchanged
-	// since it was read (updated_at), for writers like the host monitor whose
-	// decision rests on a read that an A-B-A round trip could make stale.
+	// compare-and-set on the expected status and the row's generation, and
+	// increments the generation, so a writer that lost a race, or holds an
+	// outcome of an operation that is over, changes nothing and gets no row back
+	// (pgx.ErrNoRows). Every query filters by team_id.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
 	// Port traffic: private sandboxes' tokens and the route of a sandbox's ports.
 	InsertTrafficToken(ctx context.Context, arg InsertTrafficTokenParams) error
@@ -130,7 +129,8 @@ type Querier interface {
 	UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxRunningIfParams) (Sandbox, error)
 	UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxStatusIfParams) (Sandbox, error)
 	UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxStoppedIfParams) (Sandbox, error)
-	// The timeout is no status, so it is written directly; stopped and errored
+	// The timeout is no status, so it is written directly and leaves the
+	// generation alone (no transition is made stale by it); stopped and errored
 	// sandboxes keep theirs.
 	UpdateSandboxTimeout(ctx context.Context, arg UpdateSandboxTimeoutParams) (Sandbox, error)
 }

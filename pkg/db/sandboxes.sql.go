@@ -11,7 +11,7 @@ import (
 )
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -41,12 +41,13 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
 
 const getSandboxOnHost = `-- name: GetSandboxOnHost :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE id = $1 AND host_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE id = $1 AND host_id = $2
 `
 
 type GetSandboxOnHostParams struct {
@@ -77,6 +78,7 @@ func (q *Queries) GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostPara
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
@@ -85,7 +87,7 @@ const insertSandbox = `-- name: InsertSandbox :one
 
 INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec)
 VALUES ($1, $2, $3, $4, 'starting', $5, $6, $7, $8)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type InsertSandboxParams struct {
@@ -100,11 +102,10 @@ type InsertSandboxParams struct {
 }
 
 // Sandboxes. Status changes only through the *If queries below: each is a
-// compare-and-set on the expected status, so a writer that lost a race
-// changes nothing and gets no row back (pgx.ErrNoRows). Every query filters
-// by team_id. seen_at, when set, also requires the row to be unchanged
-// since it was read (updated_at), for writers like the host monitor whose
-// decision rests on a read that an A-B-A round trip could make stale.
+// compare-and-set on the expected status and the row's generation, and
+// increments the generation, so a writer that lost a race, or holds an
+// outcome of an operation that is over, changes nothing and gets no row back
+// (pgx.ErrNoRows). Every query filters by team_id.
 func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, insertSandbox,
 		arg.ID,
@@ -136,12 +137,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
 
 const listLiveSandboxesOnHost = `-- name: ListLiveSandboxesOnHost :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE host_id = $1 AND status <> 'stopped' ORDER BY id
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE host_id = $1 AND status <> 'stopped' ORDER BY id
 `
 
 // Everything the monitor reconciles on one host: every sandbox not stopped.
@@ -173,6 +175,7 @@ func (q *Queries) ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([
 			&i.StoppedAt,
 			&i.UpdatedAt,
 			&i.MissingFrom,
+			&i.Generation,
 		); err != nil {
 			return nil, err
 		}
@@ -185,7 +188,7 @@ func (q *Queries) ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC
 `
 
 func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error) {
@@ -216,6 +219,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, 
 			&i.StoppedAt,
 			&i.UpdatedAt,
 			&i.MissingFrom,
+			&i.Generation,
 		); err != nil {
 			return nil, err
 		}
@@ -229,18 +233,18 @@ func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, 
 
 const updateSandboxErrorIf = `-- name: UpdateSandboxErrorIf :one
 UPDATE sandboxes
-SET status = 'error', error = $1, updated_at = now()
+SET status = 'error', error = $1, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $4
-  AND ($5::timestamptz IS NULL OR updated_at = $5::timestamptz)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+  AND generation = $5
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type UpdateSandboxErrorIfParams struct {
-	Error    string
-	ID       string
-	TeamID   string
-	Expected string
-	SeenAt   *time.Time
+	Error      string
+	ID         string
+	TeamID     string
+	Expected   string
+	Generation int64
 }
 
 func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErrorIfParams) (Sandbox, error) {
@@ -249,7 +253,7 @@ func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErr
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
-		arg.SeenAt,
+		arg.Generation,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -271,23 +275,24 @@ func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErr
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
 
 const updateSandboxMissingIf = `-- name: UpdateSandboxMissingIf :one
 UPDATE sandboxes
-SET status = 'missing', missing_from = $1::text, updated_at = now()
+SET status = 'missing', missing_from = $1::text, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $1
-  AND ($4::timestamptz IS NULL OR updated_at = $4::timestamptz)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+  AND generation = $4
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type UpdateSandboxMissingIfParams struct {
-	Expected string
-	ID       string
-	TeamID   string
-	SeenAt   *time.Time
+	Expected   string
+	ID         string
+	TeamID     string
+	Generation int64
 }
 
 // The host stopped answering: remember what the sandbox was.
@@ -296,7 +301,7 @@ func (q *Queries) UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxM
 		arg.Expected,
 		arg.ID,
 		arg.TeamID,
-		arg.SeenAt,
+		arg.Generation,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -318,6 +323,7 @@ func (q *Queries) UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxM
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
@@ -331,10 +337,11 @@ SET status = 'running',
     disk_mb = $4,
     started_at = $5,
     error = '',
-    updated_at = now()
+    updated_at = now(),
+    generation = generation + 1
 WHERE id = $6 AND team_id = $7 AND status = $8
-  AND ($9::timestamptz IS NULL OR updated_at = $9::timestamptz)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+  AND generation = $9
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type UpdateSandboxRunningIfParams struct {
@@ -346,7 +353,7 @@ type UpdateSandboxRunningIfParams struct {
 	ID          string
 	TeamID      string
 	Expected    string
-	SeenAt      *time.Time
+	Generation  int64
 }
 
 func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxRunningIfParams) (Sandbox, error) {
@@ -359,7 +366,7 @@ func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxR
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
-		arg.SeenAt,
+		arg.Generation,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -381,24 +388,25 @@ func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxR
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
 
 const updateSandboxStatusIf = `-- name: UpdateSandboxStatusIf :one
 UPDATE sandboxes
-SET status = $1, updated_at = now()
+SET status = $1, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $4
-  AND ($5::timestamptz IS NULL OR updated_at = $5::timestamptz)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+  AND generation = $5
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type UpdateSandboxStatusIfParams struct {
-	Status   string
-	ID       string
-	TeamID   string
-	Expected string
-	SeenAt   *time.Time
+	Status     string
+	ID         string
+	TeamID     string
+	Expected   string
+	Generation int64
 }
 
 func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxStatusIfParams) (Sandbox, error) {
@@ -407,7 +415,7 @@ func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxSt
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
-		arg.SeenAt,
+		arg.Generation,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -429,24 +437,25 @@ func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxSt
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
 
 const updateSandboxStoppedIf = `-- name: UpdateSandboxStoppedIf :one
 UPDATE sandboxes
-SET status = 'stopped', stopped_at = $1, updated_at = now()
+SET status = 'stopped', stopped_at = $1, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $4
-  AND ($5::timestamptz IS NULL OR updated_at = $5::timestamptz)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+  AND generation = $5
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type UpdateSandboxStoppedIfParams struct {
-	StoppedAt *time.Time
-	ID        string
-	TeamID    string
-	Expected  string
-	SeenAt    *time.Time
+	StoppedAt  *time.Time
+	ID         string
+	TeamID     string
+	Expected   string
+	Generation int64
 }
 
 func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxStoppedIfParams) (Sandbox, error) {
@@ -455,7 +464,7 @@ func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxS
 		arg.ID,
 		arg.TeamID,
 		arg.Expected,
-		arg.SeenAt,
+		arg.Generation,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -477,6 +486,7 @@ func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxS
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }
@@ -485,7 +495,7 @@ const updateSandboxTimeout = `-- name: UpdateSandboxTimeout :one
 UPDATE sandboxes
 SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status IN ('running', 'paused', 'pausing', 'resuming')
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
 `
 
 type UpdateSandboxTimeoutParams struct {
@@ -494,7 +504,8 @@ type UpdateSandboxTimeoutParams struct {
 	TeamID     string
 }
 
-// The timeout is no status, so it is written directly; stopped and errored
+// The timeout is no status, so it is written directly and leaves the
+// generation alone (no transition is made stale by it); stopped and errored
 // sandboxes keep theirs.
 func (q *Queries) UpdateSandboxTimeout(ctx context.Context, arg UpdateSandboxTimeoutParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, updateSandboxTimeout, arg.TimeoutSec, arg.ID, arg.TeamID)
@@ -518,6 +529,7 @@ func (q *Queries) UpdateSandboxTimeout(ctx context.Context, arg UpdateSandboxTim
 		&i.StoppedAt,
 		&i.UpdatedAt,
 		&i.MissingFrom,
+		&i.Generation,
 	)
 	return i, err
 }

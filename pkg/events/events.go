@@ -34,6 +34,14 @@ type Event struct {
 	HostID    string
 	From      lifecycle.Status
 	To        lifecycle.Status
+	// Generation is the sandbox row's generation when it was in From, the
+	// one the transition's compare-and-set requires (every transition
+	// increments it). It is what lets the event consumer tell this
+	// transition from a later visit of the same status: applied late, after
+	// the sandbox moved on, the event matches no row and changes nothing.
+	// Zero means unknown (an event from a version before generations), and
+	// the consumer does not apply it.
+	Generation int64
 	// Actor says who caused it: "api:<key id>", "worker", "monitor", "agent".
 	Actor string
 	// Error is the user-readable failure, empty on success.
@@ -97,6 +105,9 @@ func (e Event) Fields() map[string]any {
 		"error":      e.Error,
 		"time":       e.Time.UTC().Format(time.RFC3339Nano),
 	}
+	if e.Generation != 0 {
+		f["generation"] = strconv.FormatInt(e.Generation, 10)
+	}
 	if r := e.Running; r != nil {
 		f["host_ip"] = r.HostIP
 		f["guest_ip"] = r.GuestIP
@@ -133,6 +144,14 @@ func Decode(values map[string]any) (Event, error) {
 		return Event{}, fmt.Errorf("event for %s: time: %w", e.SandboxID, err)
 	}
 	e.Time = t
+	// Absent in events published before generations existed: zero.
+	if g, ok := values["generation"].(string); ok {
+		n, err := strconv.ParseInt(g, 10, 64)
+		if err != nil || n < 1 {
+			return Event{}, fmt.Errorf("event for %s: generation %s is not a positive integer", e.SandboxID, strconv.Quote(g))
+		}
+		e.Generation = n
+	}
 	if sa, ok := values["started_at"].(string); ok {
 		started, err := time.Parse(time.RFC3339Nano, sa)
 		if err != nil {

@@ -21,7 +21,8 @@ func TestPublishToRealRedis(t *testing.T) {
 	defer c.Close()
 	p := NewRedisPublisher(c)
 	want := []Event{
-		{SandboxID: "sb-1", TeamID: "team-a", HostID: "host-1", From: lifecycle.Starting, To: lifecycle.Running, Actor: "worker", Time: time.Unix(1700000000, 5).UTC()},
+		{SandboxID: "sb-1", TeamID: "team-a", HostID: "host-1", From: lifecycle.Starting, To: lifecycle.Running, Generation: 7, Actor: "worker", Time: time.Unix(1700000000, 5).UTC()},
+		// As published before events carried a generation: decoded as 0.
 		{SandboxID: "sb-2", TeamID: "team-a", HostID: "host-1", From: lifecycle.Starting, To: lifecycle.Error, Actor: "worker", Error: "boot failed", Time: time.Unix(1700000001, 0).UTC()},
 	}
 	for _, e := range want {
@@ -64,6 +65,8 @@ func TestDecodeRejects(t *testing.T) {
 		"no sandbox":     func(m map[string]any) { delete(m, "sandbox_id") },
 		"unknown status": func(m map[string]any) { m["to"] = "flying" },
 		"bad time":       func(m map[string]any) { m["time"] = "yesterday" },
+		"bad generation": func(m map[string]any) { m["generation"] = "seven" },
+		"generation 0":   func(m map[string]any) { m["generation"] = "0" },
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
