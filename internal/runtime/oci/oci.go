@@ -54,6 +54,13 @@ type Config struct {
 	// runtime itself runs inside the sandbox's cgroup (runsc's Sentry and
 	// gofer threads), so the workload still gets the Spec.Pids it asked for.
 	PidsOverhead int64
+	// PidsPerTask, when set, moves the enforcement of Spec.Pids into the
+	// sandbox's own kernel (gVisor): the init gets RLIMIT_NPROC = Spec.Pids,
+	// and the host cgroup, which stays the host's protection, gets room for
+	// the host tasks that many guest tasks cost (PidsPerTask each, plus
+	// PidsOverhead), so a fork bomb stops inside before the runtime itself
+	// runs out of tasks. See HostPids.
+	PidsPerTask int64
 	// MemoryOverheadMB is added to every sandbox's memory limit for the
 	// same reason: runsc's Sentry (about 40 MB resident) is charged to the
 	// sandbox's memory cgroup beside the workload.
@@ -105,8 +112,8 @@ func New(cfg Config) (*Driver, error) {
 	if !strings.HasPrefix(cfg.CgroupParent, "/") {
 		return nil, fmt.Errorf("cgroup parent %q must start with /", cfg.CgroupParent)
 	}
-	if cfg.PidsOverhead < 0 {
-		return nil, fmt.Errorf("pids overhead %d is negative", cfg.PidsOverhead)
+	if cfg.PidsOverhead < 0 || cfg.PidsPerTask < 0 {
+		return nil, fmt.Errorf("pids overhead %d or pids per task %d is negative", cfg.PidsOverhead, cfg.PidsPerTask)
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = DefaultStopTimeout
@@ -222,14 +229,7 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (err error) {
 	} else if slices.Contains(ids, s.ID) {
 		return fmt.Errorf("create sandbox %s: it already exists in %s", s.ID, d.cfg.Name)
 	}
-	// Limits of 0 mean none; only set ones get the runtime's headroom.
-	if s.Pids > 0 {
-		s.Pids += d.cfg.PidsOverhead
-	}
-	if s.MemoryMB > 0 {
-		s.MemoryMB += d.cfg.MemoryOverheadMB
-	}
-	spec, err := buildSpec(s, d.cfg.CgroupParent, d.nofile)
+	spec, err := d.sandboxSpec(s)
 	if err != nil {
 		return fmt.Errorf("create sandbox %s: %w", s.ID, err)
 	}

@@ -19,12 +19,28 @@ const RunscName = "runsc"
 // workload almost nothing.
 const RunscPidsOverhead = 128
 
+// RunscPidsPerTask is the host tasks the host cgroup allows per guest task
+// of a gVisor sandbox, whose pids limit gVisor enforces itself as
+// RLIMIT_NPROC (its cgroupfs on this build has no pids controller). On the
+// ptrace platform every guest process is a host stub process with a thread
+// for each Sentry thread that has run it, and the Sentry grows a thread per
+// guest task running at once, so the cost rises with the number of tasks:
+// a fork bomb held at 64 guest tasks peaked at 680 host tasks here (10.6
+// each) and one held at 256 at 6262 (24 each). 16 covers the former with
+// room; a sandbox whose limit is in the hundreds can still reach the host
+// limit, which then holds (the host is unaffected) but stops the whole
+// sandbox.
+const RunscPidsPerTask = 16
+
 // RunscMemoryOverheadMB is the memory headroom of a gVisor sandbox: the
 // Sentry's own resident memory (about 40 MB) is charged to the sandbox's
 // memory cgroup, and the guest's memory too (as the Sentry's memory file).
-// gVisor has no OOM killer of its own on this build: a guest that goes past
-// the limit gets the whole sandbox killed by the host's memory cgroup, so
-// the headroom also keeps the Sentry from dying before the workload has
+// gVisor has no OOM killer of its own (gVisor issue 1967): its cgroupfs
+// memory controller only reports usage, and the total memory it shows the
+// guest (the host limit) is not enforced, so a guest that goes past the
+// limit meets the host's memory cgroup, whose OOM kill of any of the
+// sandbox's host tasks (Sentry, gofer or a ptrace stub) stops the whole
+// sandbox. The headroom keeps the Sentry from dying before the workload has
 // used what it asked for.
 const RunscMemoryOverheadMB = 64
 
@@ -44,8 +60,9 @@ var RunscHideNetSysctls = []string{
 
 // Runsc returns the Config that runs sandboxes under gVisor: runsc with the
 // ptrace platform (the only one that works without KVM or a nested-virt
-// capable kernel), the /proc/sys/net workaround, its own state root and the
-// pids and memory headroom of RunscPidsOverhead and RunscMemoryOverheadMB.
+// capable kernel), the /proc/sys/net workaround, its own state root, the
+// pids limit enforced inside (RunscPidsPerTask) and the pids and memory
+// headroom of RunscPidsOverhead and RunscMemoryOverheadMB.
 // Stats come from the sandbox's host cgroup, as for runc: cheap (no runsc
 // process per sample) and what the host pays, so they include the Sentry's
 // and gofer's tasks and memory. Pause and resume are `runsc pause` and
@@ -60,6 +77,7 @@ func Runsc(root string, logger *slog.Logger) Config {
 		GlobalArgs:       []string{"--platform=ptrace"},
 		Wrap:             append([]string(nil), RunscHideNetSysctls...),
 		PidsOverhead:     RunscPidsOverhead,
+		PidsPerTask:      RunscPidsPerTask,
 		MemoryOverheadMB: RunscMemoryOverheadMB,
 		ResumeBeforeKill: true,
 		Logger:           logger,

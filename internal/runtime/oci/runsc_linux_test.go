@@ -58,10 +58,10 @@ func newRunscDriver(t testing.TB) *Driver {
 func TestRunscConformance(t *testing.T) {
 	d := newRunscDriver(t)
 	runtimetest.Run(t, runtimetest.Harness{
-		New:          func(*testing.T) runtime.Runtime { return d },
-		Leftovers:    d.leftovers,
-		GVisor:       true,
-		PidsOverhead: RunscPidsOverhead,
+		New:       func(*testing.T) runtime.Runtime { return d },
+		Leftovers: d.leftovers,
+		GVisor:    true,
+		HostPids:  d.HostPids,
 	})
 	ids, err := d.List(context.Background())
 	if err != nil {

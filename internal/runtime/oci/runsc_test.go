@@ -20,6 +20,7 @@ func runscFixture(t *testing.T) fixture {
 		c.Binary, c.Name, c.Root = rc.Binary, rc.Name, rc.Root
 		c.GlobalArgs, c.Wrap = rc.GlobalArgs, rc.Wrap
 		c.PidsOverhead, c.MemoryOverheadMB, c.ResumeBeforeKill = rc.PidsOverhead, rc.MemoryOverheadMB, rc.ResumeBeforeKill
+		c.PidsPerTask = rc.PidsPerTask
 	})
 }
 
@@ -50,8 +51,13 @@ func TestRunscConfig(t *testing.T) {
 	if err := json.Unmarshal(b, &spec); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := spec.Linux.Resources.Pids.Limit, s.Pids+RunscPidsOverhead; got != want {
+	// gVisor enforces the pids limit inside as RLIMIT_NPROC; the host
+	// cgroup gets room for the host tasks that many guest tasks cost.
+	if got, want := spec.Linux.Resources.Pids.Limit, s.Pids*RunscPidsPerTask+RunscPidsOverhead; got != want {
 		t.Errorf("pids limit %d, want %d", got, want)
+	}
+	if !slices.Contains(spec.Process.Rlimits, ociRlimit{Type: "RLIMIT_NPROC", Hard: uint64(s.Pids), Soft: uint64(s.Pids)}) {
+		t.Errorf("rlimits %+v, want RLIMIT_NPROC %d", spec.Process.Rlimits, s.Pids)
 	}
 	if got, want := spec.Linux.Resources.Memory.Limit, int64(s.MemoryMB+RunscMemoryOverheadMB)<<20; got != want {
 		t.Errorf("memory limit %d, want %d", got, want)
@@ -79,6 +85,11 @@ func TestRunscNoLimitsStayUnlimited(t *testing.T) {
 	}
 	if spec.Linux.Resources.Pids != nil || spec.Linux.Resources.Memory != nil {
 		t.Fatalf("unset limits got headroom only: %+v", spec.Linux.Resources)
+	}
+	for _, r := range spec.Process.Rlimits {
+		if r.Type == "RLIMIT_NPROC" {
+			t.Fatalf("no pids limit, yet RLIMIT_NPROC %d", r.Hard)
+		}
 	}
 }
 

@@ -230,3 +230,45 @@ func buildSpec(s runtime.Spec, cgroupParent string, nofile uint64) (ociSpec, err
 	}
 	return spec, nil
 }
+
+// HostPids is the pids limit the sandbox's host cgroup gets for a workload
+// limit of pids (0, no limit, stays 0): pids plus the runtime's own tasks,
+// or, where the sandbox's kernel enforces pids itself (Config.PidsPerTask),
+// the host tasks that many guest tasks may cost.
+func (d *Driver) HostPids(pids int64) int64 {
+	switch {
+	case pids <= 0:
+		return 0
+	case d.cfg.PidsPerTask > 0:
+		return pids*d.cfg.PidsPerTask + d.cfg.PidsOverhead
+	}
+	return pids + d.cfg.PidsOverhead
+}
+
+// sandboxSpec is buildSpec with the driver's limits: the runtime's headroom
+// on the host cgroup's memory and pids (limits of 0 mean none and stay
+// none), and the pids limit as RLIMIT_NPROC inside where the runtime's own
+// kernel enforces it. gVisor counts RLIMIT_NPROC per user over every task of
+// the sandbox and applies it to root too (the sandbox has no
+// CAP_SYS_RESOURCE or CAP_SYS_ADMIN), so a fork bomb fails with EAGAIN at
+// Spec.Pids tasks of its user while the host cgroup, sized by HostPids, is
+// never reached; reaching it would kill the Sentry and with it the whole
+// sandbox, envd included.
+func (d *Driver) sandboxSpec(s runtime.Spec) (ociSpec, error) {
+	nproc := uint64(0)
+	if s.Pids > 0 && d.cfg.PidsPerTask > 0 {
+		nproc = uint64(s.Pids)
+	}
+	s.Pids = d.HostPids(s.Pids)
+	if s.MemoryMB > 0 {
+		s.MemoryMB += d.cfg.MemoryOverheadMB
+	}
+	spec, err := buildSpec(s, d.cfg.CgroupParent, d.nofile)
+	if err != nil {
+		return ociSpec{}, err
+	}
+	if nproc > 0 {
+		spec.Process.Rlimits = append(spec.Process.Rlimits, ociRlimit{Type: "RLIMIT_NPROC", Hard: nproc, Soft: nproc})
+	}
+	return spec, nil
+}

@@ -39,11 +39,12 @@ type Harness struct {
 	// The suite then adapts the few checks where that kernel legitimately
 	// behaves differently from the host's; each adaptation says why.
 	GVisor bool
-	// PidsOverhead is the number of tasks the runtime itself keeps in the
-	// sandbox's pids cgroup (runsc's Sentry and gofer threads), which the
-	// driver adds to Spec.Pids and Stats counts. The pids test allows for
-	// it; 0 for runc, whose cgroup holds only the sandbox's processes.
-	PidsOverhead int64
+	// HostPids is the most host tasks Stats may report for a sandbox whose
+	// Spec.Pids is pids: the limit the driver gives the sandbox's host
+	// cgroup, which for runsc also holds the Sentry's, gofer's and ptrace
+	// stubs' tasks. Defaults to pids itself (runc, whose cgroup holds only
+	// the sandbox's processes).
+	HostPids func(pids int64) int64
 }
 
 // Run runs the suite. It needs whatever the runtime needs (root, usually);
@@ -51,6 +52,9 @@ type Harness struct {
 func Run(t *testing.T, h Harness) {
 	if h.RootFS == nil {
 		h.RootFS = func(t *testing.T) string { return BusyboxRootFS(t) }
+	}
+	if h.HostPids == nil {
+		h.HostPids = func(pids int64) int64 { return pids }
 	}
 	tests := []struct {
 		name string
@@ -457,79 +461,97 @@ while true; do sleep 1; done`
 func testPidsLimit(t *testing.T, h Harness) {
 	rt := h.New(t)
 	const limit = 64
-	// A fork bomb: every instance forks two more, waits, and forks again.
-	// An instance whose fork fails at the limit exits and its parent
-	// replaces it, so the bomb presses on the limit until destroyed. The
-	// init never forks after starting it (read on a FIFO is a builtin), so
-	// it must survive.
+	// A fork bomb: every instance leaves a sleeper behind, forks two more
+	// instances, waits, and forks again. The shell exits an instance whose
+	// fork fails ("can't fork", which the bomb's stderr collects in
+	// /bomb.err), so the sleepers keep the sandbox filled after the bomb
+	// has burnt out at the limit. The init never forks after starting it:
+	// it counts the sandbox's processes with a glob over /proc and writes
+	// the highest count and a heartbeat, all shell builtins, so it must
+	// survive and keep reporting.
 	script := `mkfifo /idle
 exec 3<>/idle
-bomb() { while true; do bomb & bomb & wait; done; }
-` + "sleep " + startDelay(h) + `
-bomb &
+bomb() { sleep 1000 & while true; do bomb & bomb & wait; done; }
+bomb 2>/bomb.err &
 echo started > /bomb
-while true; do read -t 1 x <&3; done`
+peak=0; beat=0
+while true; do
+	set -- /proc/[0-9]*
+	[ $# -gt $peak ] && peak=$#
+	beat=$((beat+1))
+	echo "$peak $beat" > /pids
+	read -t 0.005 x <&3
+done`
 	s := newSandbox(t, h, rt, script, func(s *runtime.Spec) { s.Pids = limit })
 	s.create(t)
 	ctx := context.Background()
-	// Stats counts every task in the sandbox's pids cgroup, the runtime's
-	// own included: the limit it is held to is Pids plus that overhead.
-	hostLimit := uint64(limit + h.PidsOverhead)
-	var peak uint64
-	deadline := time.Now().Add(3*time.Second + bombDelay(h))
+	// The host side: Stats counts every task in the sandbox's host cgroup,
+	// the runtime's own included, and must never pass the limit the driver
+	// gave it.
+	hostLimit := uint64(h.HostPids(limit))
+	var hostPeak uint64
+	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		st, err := rt.Stats(ctx, s.spec.ID)
 		if err != nil {
 			t.Fatalf("Stats: %v", err)
 		}
-		peak = max(peak, st.Pids)
+		hostPeak = max(hostPeak, st.Pids)
 		time.Sleep(2 * time.Millisecond)
-	}
-	t.Logf("fork bomb peaked at %d tasks under a limit of %d (%d + the runtime's %d)", peak, hostLimit, limit, h.PidsOverhead)
-	if peak > hostLimit {
-		t.Fatalf("fork bomb reached %d tasks, limit %d", peak, hostLimit)
-	}
-	if peak < hostLimit-8 {
-		t.Fatalf("fork bomb peaked at %d tasks, far below the limit %d: the test did not reach it", peak, hostLimit)
 	}
 	if s.file(t, "bomb") != "started" {
 		t.Fatal("init did not get past starting the bomb")
 	}
-	if h.GVisor {
-		// gVisor adaptation: every guest task needs host threads (the
-		// Sentry's and a ptrace stub's) in the sandbox's pids cgroup, and
-		// this gVisor has no task limit of its own (its pids controller
-		// is not active), so the bomb reaches the host limit and the
-		// Sentry dies there ("fatal error: newosproc" in its debug log):
-		// the whole sandbox stops rather than only the bomb's forks
-		// failing. The containment above still holds, the host and other
-		// sandboxes are untouched, and Destroy must clean up.
-		eventually(t, 10*time.Second, "the fork-bombed gVisor sandbox to stop", func() bool {
-			st, err := s.state(t)
-			return err == nil && st == runtime.StateStopped
-		})
-	} else {
-		s.requireState(t, runtime.StateRunning)
+	peak, beat := s.pidsReport(t)
+	t.Logf("fork bomb peaked at %d processes inside under a limit of %d; %d host tasks under a host limit of %d",
+		peak, limit, hostPeak, hostLimit)
+	if hostPeak > hostLimit {
+		t.Fatalf("sandbox reached %d host tasks, its host limit is %d", hostPeak, hostLimit)
 	}
+	if peak > limit {
+		t.Fatalf("fork bomb reached %d processes, limit %d", peak, limit)
+	}
+	// The limit is what stopped the bomb: its forks failed (EAGAIN), and
+	// not at some much lower count.
+	if !strings.Contains(s.file(t, "bomb.err"), "can't fork") {
+		t.Fatalf("no fork of the bomb failed (stderr %q): the test did not reach the limit", s.file(t, "bomb.err"))
+	}
+	if peak < limit/2 {
+		t.Fatalf("fork bomb peaked at %d processes, far below the limit %d", peak, limit)
+	}
+	// The sandbox lives on with the bomb still pressing: the init keeps
+	// its heartbeat going.
+	eventually(t, 5*time.Second, "the init's heartbeat to go on beside the bomb", func() bool {
+		_, now := s.pidsReport(t)
+		return now > beat+10
+	})
+	s.requireState(t, runtime.StateRunning)
 	if err := rt.Destroy(ctx, s.spec.ID); err != nil {
 		t.Fatalf("Destroy of a fork-bombed sandbox: %v", err)
 	}
 	s.requireGone(t, h)
 }
 
-// bombDelay is how long the fork bomb waits after the init starts. On
-// gVisor the bomb kills the whole sandbox at the host pids limit (see
-// below), and if it does so before Create has seen the init running, Create
-// fails instead of the containment being observed; the delay lets Create
-// finish first. runc needs none.
-func bombDelay(h Harness) time.Duration {
-	if h.GVisor {
-		return 2 * time.Second
+// pidsReport reads the pids test's "<peak> <heartbeat>" line. The init
+// rewrites it in place every 20 ms, so a read can catch it empty or half
+// written: it retries until the line parses.
+func (s *sandbox) pidsReport(t *testing.T) (peak, beat int) {
+	t.Helper()
+	var err error
+	for try := 0; try < 100; try++ {
+		f := strings.Fields(s.file(t, "pids"))
+		if len(f) == 2 {
+			if peak, err = strconv.Atoi(f[0]); err == nil {
+				if beat, err = strconv.Atoi(f[1]); err == nil {
+					return peak, beat
+				}
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return 0
+	t.Fatalf("init's pids report %q does not parse: %v", s.file(t, "pids"), err)
+	return 0, 0
 }
-
-func startDelay(h Harness) string { return fmt.Sprint(bombDelay(h).Seconds()) }
 
 func testCPUQuota(t *testing.T, h Harness) {
 	rt := h.New(t)
