@@ -167,10 +167,13 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 	defer cancel()
 	if err != nil {
 		log.Warn("create sandbox on host failed", "err", err)
-		// Make sure nothing is left on the host before calling it an error.
+		// Call it an error only once the host confirms nothing is left;
+		// otherwise the sandbox stays starting and the host monitor settles
+		// it past its grace period from what the host then reports.
 		if agent != nil {
 			if derr := agent.DestroySandbox(wctx, sb.ID); derr != nil && !errors.Is(derr, hostclient.ErrNotFound) {
-				log.Warn("clean up after failed create", "err", derr)
+				log.Warn("clean up after failed create; leaving the sandbox starting for the host monitor", "err", derr)
+				return
 			}
 		}
 		a.settleError(wctx, sb, lifecycle.Starting, createFailure(err, a.d.AgentTimeout), "worker")

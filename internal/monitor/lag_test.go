@@ -13,9 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/wrenn/wrenn/internal/api"
 	"github.com/wrenn/wrenn/internal/testenv"
-	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
-	"github.com/wrenn/wrenn/pkg/id"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
@@ -31,10 +29,7 @@ func TestConsumerLagUnderRaces(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.host("h")
-	userID, key := id.New(id.User), id.NewAPIKey()
-	must(t, e.q.CreateUser(ctx, db.CreateUserParams{ID: userID, Email: userID + "@example.com"}))
-	must(t, e.q.AddTeamMember(ctx, db.AddTeamMemberParams{TeamID: e.teamID, UserID: userID, Role: "owner"}))
-	must(t, e.q.CreateAPIKey(ctx, db.CreateAPIKeyParams{ID: id.New(id.APIKey), TeamID: e.teamID, UserID: userID, Name: "k", KeyHash: api.HashSecret(key), KeyPrefix: key[:8]}))
+	key := e.apiKey()
 	jitter := func(context.Context, string) error {
 		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
 		return nil

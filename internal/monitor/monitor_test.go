@@ -2,6 +2,9 @@ package monitor
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"sync"
 	"testing"
@@ -116,6 +119,17 @@ func (e *env) sandbox(hostID, status, onHost string) string {
 		}
 	}
 	return sid
+}
+
+// apiKey makes an owner of the env's team and returns an API key for it.
+func (e *env) apiKey() string {
+	e.t.Helper()
+	ctx := context.Background()
+	userID, key := id.New(id.User), id.NewAPIKey()
+	must(e.t, e.q.CreateUser(ctx, db.CreateUserParams{ID: userID, Email: userID + "@example.com"}))
+	must(e.t, e.q.AddTeamMember(ctx, db.AddTeamMemberParams{TeamID: e.teamID, UserID: userID, Role: "owner"}))
+	must(e.t, e.q.CreateAPIKey(ctx, db.CreateAPIKeyParams{ID: id.New(id.APIKey), TeamID: e.teamID, UserID: userID, Name: "k", KeyHash: api.HashSecret(key), KeyPrefix: key[:8]}))
+	return key
 }
 
 func (e *env) row(sid string) db.Sandbox {
@@ -346,5 +360,56 @@ func TestLateWriterAfterMonitorSettle(t *testing.T) {
 	e.pass()
 	if got := e.row(sid).Status; got != "paused" {
 		t.Errorf("next pass: %s, want paused as on the host", got)
+	}
+}
+
+// A create that failed on the host becomes error only when the host
+// confirms nothing is left. When the cleanup cannot reach the host either,
+// the host may have made the sandbox after all (its answer was lost): the
+// sandbox stays starting and the monitor settles it from the host's list,
+// running if the host has it, error if not.
+func TestFailedCreateWithoutCleanupIsLeftToTheMonitor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	_, tok := e.host("h")
+	key := e.apiKey()
+	e.fake.OnCreate = func(context.Context, hostclient.CreateRequest) error {
+		return &hostclient.Error{Op: "create sandbox", Class: hostclient.ErrTimeout, Err: context.DeadlineExceeded}
+	}
+	e.fake.OnDestroy = func(context.Context, string) error {
+		return &hostclient.Error{Op: "destroy sandbox", Class: hostclient.ErrUnavailable}
+	}
+	a := api.New(api.Deps{DB: e.pool, Agents: e.fake, Now: e.clock.Now, AgentTimeout: 10 * time.Second})
+	h := a.Handler()
+	create := func() string {
+		req := httptest.NewRequest("POST", "/v1/sandboxes", stringsReader(`{"template":"minimal"}`))
+		req.Header.Set("X-API-Key", key)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		var sb api.Sandbox
+		if w.Code != http.StatusAccepted || json.Unmarshal(w.Body.Bytes(), &sb) != nil {
+			t.Fatalf("create: %d %s", w.Code, w.Body)
+		}
+		return sb.ID
+	}
+	made, lost := create(), create()
+	must(t, a.Wait(context.Background()))
+	for _, sid := range []string{made, lost} {
+		if st := e.row(sid).Status; st != "starting" {
+			t.Fatalf("failed create without cleanup recorded %s", st)
+		}
+	}
+	// The host did make one of them.
+	e.fake.OnCreate, e.fake.OnDestroy = nil, nil
+	_, err := e.fake.CreateSandbox(context.Background(), hostclient.CreateRequest{SandboxID: made})
+	must(t, err)
+	e.clock.Add(time.Since(e.clock.Now()) + 3*time.Minute + time.Second)
+	e.heartbeat(tok)
+	e.pass()
+	if st := e.row(made).Status; st != "running" {
+		t.Errorf("the sandbox the host made is %s", st)
+	}
+	if sb := e.row(lost); sb.Status != "error" || sb.Error == "" {
+		t.Errorf("the sandbox the host never made is %s (%q)", sb.Status, sb.Error)
 	}
 }

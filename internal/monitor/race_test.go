@@ -14,8 +14,6 @@ import (
 
 	"github.com/wrenn/wrenn/internal/api"
 	"github.com/wrenn/wrenn/internal/hostclient"
-	"github.com/wrenn/wrenn/pkg/db"
-	"github.com/wrenn/wrenn/pkg/id"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
@@ -30,10 +28,7 @@ func TestLifecycleRaces(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	_, tok := e.host("h")
-	userID, key := id.New(id.User), id.NewAPIKey()
-	must(t, e.q.CreateUser(ctx, db.CreateUserParams{ID: userID, Email: userID + "@example.com"}))
-	must(t, e.q.AddTeamMember(ctx, db.AddTeamMemberParams{TeamID: e.teamID, UserID: userID, Role: "owner"}))
-	must(t, e.q.CreateAPIKey(ctx, db.CreateAPIKeyParams{ID: id.New(id.APIKey), TeamID: e.teamID, UserID: userID, Name: "k", KeyHash: api.HashSecret(key), KeyPrefix: key[:8]}))
+	key := e.apiKey()
 
 	jitter := func(context.Context, string) error {
 		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
