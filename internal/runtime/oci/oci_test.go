@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +20,9 @@ import (
 
 // fakeRunc models runc's container table so the driver's command sequences
 // can be checked without root: it records every argv and answers state,
-// list, create, start, pause, resume, kill and delete the way runc 1.1 does.
+// list, create, start, run, pause, resume, kill and delete the way runc 1.1
+// does, keeping a container's entry under --root as runc (a directory) or
+// runsc (a state file) would, and writing the pid file of run.
 type fakeRunc struct {
 	mu         sync.Mutex
 	cmds       []Cmd
@@ -28,6 +31,9 @@ type fakeRunc struct {
 	// killLeaves keeps a container running after kill (a process that
 	// will not die).
 	killLeaves bool
+	// initExits makes run write the pid of a process that is gone, as for
+	// an init that exited at once.
+	initExits bool
 }
 
 func newFakeRunc() *fakeRunc {
@@ -59,6 +65,13 @@ func (f *fakeRunc) Run(_ context.Context, c Cmd) ([]byte, error) {
 		id = rest[len(rest)-2] // kill [--all] <id> <signal>
 	}
 	missing := &CommandError{Args: c.Args, Stderr: "container does not exist", Err: errors.New("exit status 1")}
+	entry := ""
+	if root := flagValue(args[:i], "--root"); root != "" && id != "" {
+		entry = filepath.Join(root, id)
+		if slices.Contains(args[:i], "runsc") {
+			entry += "_sandbox:" + id + ".state"
+		}
+	}
 	switch sub {
 	case "list":
 		type entry struct {
@@ -76,11 +89,28 @@ func (f *fakeRunc) Run(_ context.Context, c Cmd) ([]byte, error) {
 			return nil, missing
 		}
 		return json.Marshal(map[string]any{"id": id, "pid": 42, "status": st})
-	case "create":
+	case "create", "run":
 		if _, ok := f.containers[id]; ok {
 			return nil, &CommandError{Args: c.Args, Err: errors.New("exists")}
 		}
 		f.containers[id] = "created"
+		if err := os.MkdirAll(filepath.Dir(entry), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(entry, nil, 0o600); err != nil {
+			return nil, err
+		}
+		if sub == "run" {
+			f.containers[id] = "running"
+			pid := os.Getpid()
+			if f.initExits {
+				f.containers[id] = "stopped"
+				pid = 1 << 30 // above any pid_max: no such process
+			}
+			if err := os.WriteFile(flagValue(rest, "--pid-file"), []byte(strconv.Itoa(pid)), 0o600); err != nil {
+				return nil, err
+			}
+		}
 	case "start":
 		if f.containers[id] != "created" {
 			return nil, missing
@@ -110,13 +140,22 @@ func (f *fakeRunc) Run(_ context.Context, c Cmd) ([]byte, error) {
 			return nil, missing
 		}
 		delete(f.containers, id)
+		_ = os.Remove(entry)
 	}
 	return nil, nil
 }
 
+// flagValue is the argument after flag in args, or "".
+func flagValue(args []string, flag string) string {
+	if i := slices.Index(args, flag); i >= 0 && i+1 < len(args) {
+		return args[i+1]
+	}
+	return ""
+}
+
 func isSubcommand(s string) bool {
 	switch s {
-	case "list", "state", "create", "start", "pause", "resume", "kill", "delete":
+	case "list", "state", "create", "start", "run", "pause", "resume", "kill", "delete":
 		return true
 	}
 	return false
@@ -154,7 +193,7 @@ func newFixture(t *testing.T, mod func(*Config)) fixture {
 		t.Fatal(err)
 	}
 	fr := newFakeRunc()
-	cfg := Config{Binary: "runc", Root: "/run/wrenn/runc", Runner: fr, Cgroups: cg, StopTimeout: 200 * time.Millisecond}
+	cfg := Config{Binary: "runc", Root: filepath.Join(t.TempDir(), "runc"), Runner: fr, Cgroups: cg, StopTimeout: 200 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -328,22 +367,20 @@ func TestCreateCommands(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	log := filepath.Join(s.StateDir, runtimeLog)
+	// One command: no listing before it and no state query after it.
 	want := []string{
-		"list --format json",
-		"--log " + log + " --log-format json create --bundle " + s.StateDir + " --pid-file " + filepath.Join(s.StateDir, "init.pid") + " sb-1",
-		"--log " + log + " --log-format json start sb-1",
-		"state sb-1",
+		"--log " + log + " --log-format json run --detach --bundle " + s.StateDir + " --pid-file " + filepath.Join(s.StateDir, "init.pid") + " sb-1",
 	}
 	if got := f.runc.subcommands(3); !slices.Equal(got, want) {
 		t.Fatalf("commands\n got %q\nwant %q", got, want)
 	}
 	for _, c := range f.runc.cmds {
-		if !slices.Equal(c.Args[:3], []string{"runc", "--root", "/run/wrenn/runc"}) {
+		if !slices.Equal(c.Args[:3], []string{"runc", "--root", f.d.Root()}) {
 			t.Errorf("prefix %v", c.Args[:3])
 		}
 	}
-	if got := f.runc.cmds[1].OutputFile; got != filepath.Join(s.StateDir, initLog) {
-		t.Errorf("create output to %q, want the init log", got)
+	if got := f.runc.cmds[0].OutputFile; got != filepath.Join(s.StateDir, initLog) {
+		t.Errorf("run output to %q, want the init log", got)
 	}
 	data, err := os.ReadFile(filepath.Join(s.StateDir, "config.json"))
 	if err != nil {
@@ -356,17 +393,41 @@ func TestCreateCommands(t *testing.T) {
 	if spec.Root.Path != s.RootFS || spec.Linux.CgroupsPath != "/wrenn/sb-1" {
 		t.Errorf("bundle root %q cgroups %q", spec.Root.Path, spec.Linux.CgroupsPath)
 	}
+	f.runc.cmds = nil
 	if err := f.d.Create(context.Background(), s); err == nil {
 		t.Fatal("second Create with the same id succeeded")
+	}
+	if got := f.runc.subcommands(3); len(got) != 0 {
+		t.Errorf("duplicate Create ran %q", got)
 	}
 	if st, _ := f.d.State(context.Background(), "sb-1"); st != runtime.StateRunning {
 		t.Fatalf("existing sandbox disturbed by the duplicate Create: %q", st)
 	}
 }
 
+func TestCreateInitExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	f.runc.initExits = true
+	s := testSpec(t, "sb-1")
+	err := f.d.Create(context.Background(), s)
+	if err == nil {
+		t.Fatal("Create succeeded with an init that is gone")
+	}
+	if !strings.Contains(err.Error(), "init is stopped right after start") || !strings.Contains(err.Error(), initLog) {
+		t.Errorf("error %q does not say the init stopped and where its output is", err)
+	}
+	if len(f.runc.containers) != 0 {
+		t.Errorf("containers left: %v", f.runc.containers)
+	}
+	if _, err := os.Stat(filepath.Join(f.d.Root(), "sb-1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state entry left: %v", err)
+	}
+}
+
 func TestCreateFailureCleansUp(t *testing.T) {
 	t.Parallel()
-	for _, failing := range []string{"create", "start"} {
+	for _, failing := range []string{"run"} {
 		t.Run(failing, func(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t, nil)
@@ -419,8 +480,8 @@ func TestCreateRejects(t *testing.T) {
 				t.Errorf("containers left: %v", f.runc.containers)
 			}
 			for _, c := range f.runc.subcommands(3) {
-				if strings.Contains(c, "create") {
-					t.Errorf("runc create ran: %q", c)
+				if strings.Contains(c, " run ") {
+					t.Errorf("runc run ran: %q", c)
 				}
 			}
 		})

@@ -16,7 +16,7 @@ import (
 func runscFixture(t *testing.T) fixture {
 	t.Helper()
 	return newFixture(t, func(c *Config) {
-		rc := Runsc("/run/wrenn/runsc", nil)
+		rc := Runsc(filepath.Join(t.TempDir(), "runsc"), nil)
 		c.Binary, c.Name, c.Root = rc.Binary, rc.Name, rc.Root
 		c.GlobalArgs, c.Wrap = rc.GlobalArgs, rc.Wrap
 		c.PidsOverhead, c.MemoryOverheadMB, c.ResumeBeforeKill = rc.PidsOverhead, rc.MemoryOverheadMB, rc.ResumeBeforeKill
@@ -27,7 +27,7 @@ func runscFixture(t *testing.T) fixture {
 func TestRunscConfig(t *testing.T) {
 	t.Parallel()
 	f := runscFixture(t)
-	if f.d.Name() != "runsc" || f.d.Root() != "/run/wrenn/runsc" {
+	if f.d.Name() != "runsc" || filepath.Base(f.d.Root()) != "runsc" {
 		t.Fatalf("Name %q Root %q", f.d.Name(), f.d.Root())
 	}
 	s := testSpec(t, "sb-1")
@@ -36,7 +36,7 @@ func TestRunscConfig(t *testing.T) {
 	}
 	// Every command runs under the /proc/sys/net workaround with the
 	// ptrace platform and the driver's own root, global flags first.
-	prefix := append(slices.Clone(RunscHideNetSysctls), "runsc", "--root", "/run/wrenn/runsc", "--platform=ptrace")
+	prefix := append(slices.Clone(RunscHideNetSysctls), "runsc", "--root", f.d.Root(), "--platform=ptrace")
 	for _, c := range f.runc.cmds {
 		if !slices.Equal(c.Args[:len(prefix)], prefix) {
 			t.Fatalf("argv %q does not start with %q", c.Args, prefix)
@@ -64,6 +64,15 @@ func TestRunscConfig(t *testing.T) {
 	}
 	if spec.Linux.Resources.Memory.Swap != spec.Linux.Resources.Memory.Limit {
 		t.Errorf("swap %d, want the memory limit (no swap)", spec.Linux.Resources.Memory.Swap)
+	}
+	// runsc keeps a state file, not a directory, per container: a second
+	// Create of the id must see it and leave the first alone.
+	f.runc.cmds = nil
+	if err := f.d.Create(context.Background(), s); err == nil {
+		t.Fatal("second Create with the same id succeeded")
+	}
+	if len(f.runc.cmds) != 0 {
+		t.Errorf("duplicate Create ran %q", f.runc.subcommands(len(prefix)))
 	}
 }
 
