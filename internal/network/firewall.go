@@ -228,6 +228,45 @@ func (f *firewall) allow(ctx context.Context, l *Link) error {
 	return nil
 }
 
+// allowAll adds the egress rules of links whose sandbox has none yet, with
+// one listing and one iptables-restore for all of them: each iptables run
+// reloads the whole ruleset, so concurrent creates that each ran their own
+// pair queued behind one another on mu.
+func (f *firewall) allowAll(ctx context.Context, links []*Link) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	have, err := f.sandboxRules(ctx)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	n := 0
+	b.WriteString("*filter\n")
+	for _, l := range links {
+		if len(have[l.SandboxID]) > 0 {
+			continue
+		}
+		rule := f.egressRule(l)
+		b.WriteString("-A")
+		for _, a := range rule {
+			// Nothing in a rule needs escaping (interface names, addresses
+			// and sandbox ids); quoting keeps the comment one argument.
+			b.WriteString(` "` + a + `"`)
+		}
+		b.WriteString("\n")
+		n++
+	}
+	b.WriteString("COMMIT\n")
+	if n == 0 {
+		return nil
+	}
+	// --noflush: the egress chain is not declared, so it keeps its rules.
+	if _, err := f.run.Run(ctx, []byte(b.String()), "iptables-restore", "-w", "--noflush"); err != nil {
+		return fmt.Errorf("allow egress of %d sandboxes: %w", n, err)
+	}
+	return nil
+}
+
 // sandboxRules lists the egress chain's rules by the sandbox id in their
 // comment. Rules without one of our comments are left out.
 func (f *firewall) sandboxRules(ctx context.Context) (map[string][][]string, error) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -31,6 +32,77 @@ type Manager struct {
 
 	mu    sync.Mutex
 	slots map[int]string // slot → sandbox id, for slots in use
+
+	egress egressQueue
+}
+
+// egressQueue batches the egress rules of concurrent Setups: every iptables
+// run reloads the whole ruleset, so twenty creates at once each adding their
+// own rule spent most of their time queued behind each other. A Setup whose
+// request finds no flush running starts one; requests that arrive while it
+// runs go together in the next.
+type egressQueue struct {
+	mu      sync.Mutex
+	pending []egressRequest
+	busy    bool
+}
+
+type egressRequest struct {
+	link *Link
+	done chan error
+}
+
+// egressTimeout bounds one flush of the egress queue.
+const egressTimeout = 30 * time.Second
+
+// requestEgress queues l's egress rule and returns a function that waits for
+// the outcome (and may be called more than once). The rule is added whether
+// or not anyone waits, so a caller that gives up must still wait before it
+// revokes.
+func (m *Manager) requestEgress(l *Link) func() error {
+	done := make(chan error, 1)
+	q := &m.egress
+	q.mu.Lock()
+	q.pending = append(q.pending, egressRequest{link: l, done: done})
+	start := !q.busy
+	q.busy = true
+	q.mu.Unlock()
+	if start {
+		go m.flushEgress()
+	}
+	return sync.OnceValue(func() error { return <-done })
+}
+
+// flushEgress adds the queued rules, one batch at a time, until the queue
+// is empty. A failed batch is retried rule by rule, so one bad rule fails
+// only its own sandbox.
+func (m *Manager) flushEgress() {
+	q := &m.egress
+	for {
+		q.mu.Lock()
+		batch := q.pending
+		q.pending = nil
+		if len(batch) == 0 {
+			q.busy = false
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), egressTimeout)
+		links := make([]*Link, len(batch))
+		for i, r := range batch {
+			links[i] = r.link
+		}
+		err := m.fw.allowAll(ctx, links)
+		for _, r := range batch {
+			if err != nil && len(batch) > 1 {
+				r.done <- m.fw.allow(ctx, r.link)
+				continue
+			}
+			r.done <- err
+		}
+		cancel()
+	}
 }
 
 // New prepares the host for sandbox networks: IPv4 forwarding on, the netns
@@ -93,6 +165,19 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 	}()
 	undo = append(undo, func(context.Context) error { m.free(slot, sandboxID); return nil })
 
+	// The egress rule names only the slot's interface and address, so it
+	// is queued first and added while the namespace and veth are made.
+	egressDone := func() error { return nil }
+	if allowInternet {
+		egressDone = m.requestEgress(l)
+		undo = append(undo, func(ctx context.Context) error {
+			if egressDone() != nil {
+				return nil // not added: nothing to revoke
+			}
+			return m.fw.revoke(ctx, func(id string) bool { return id != sandboxID })
+		})
+	}
+
 	if err := createNetNS(l.NetNSPath); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("create netns of %s: %w (left over by an earlier agent? run CleanupOrphans): %w", sandboxID, ErrConflict, err)
@@ -133,13 +218,8 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 	if err := configureGuest(inside, l); err != nil {
 		return nil, err
 	}
-	if allowInternet {
-		if err := m.fw.allow(ctx, l); err != nil {
-			return nil, err
-		}
-		undo = append(undo, func(ctx context.Context) error {
-			return m.fw.revoke(ctx, func(id string) bool { return id != sandboxID })
-		})
+	if err := egressDone(); err != nil {
+		return nil, err
 	}
 	log.Debug("sandbox network up", "host_if", l.HostIf, "guest_ip", l.GuestIP.String(), "allow_internet", allowInternet)
 	return l, nil
