@@ -24,7 +24,9 @@ func TestCreateFailureReleasesWhatWasTakenInReverse(t *testing.T) {
 		// released is what the failed create must give back, in order.
 		released []string
 	}{
-		{"rootfs.prepare", nil},
+		// The root filesystem and the network are taken at the same
+		// time: whichever failed, the other is given back.
+		{"rootfs.prepare", []string{"network.teardown"}},
 		{"network.setup", []string{"rootfs.release"}},
 		{"runtime.create", []string{"network.teardown", "rootfs.release"}},
 		{"envd.init", []string{"runtime.destroy", "network.teardown", "rootfs.release"}},
