@@ -68,10 +68,21 @@ func New(transport http.RoundTripper, ip net.IP, token string) *Client {
 	return c
 }
 
-// WaitHealthy polls GET /health until envd answers or ctx ends. The first
-// answer usually comes within a few milliseconds of the init starting.
+// Health polling: envd usually answers a few milliseconds after its init
+// starts, and until it listens each attempt is a refused connect on a local
+// veth (tens of microseconds), so the first healthFastFor are polled every
+// healthFastEvery; a sandbox that takes longer is polled less and less
+// often, up to healthSlowest.
+const (
+	healthFastEvery = time.Millisecond
+	healthFastFor   = 250 * time.Millisecond
+	healthSlowest   = 50 * time.Millisecond
+)
+
+// WaitHealthy polls GET /health until envd answers or ctx ends.
 func (c *Client) WaitHealthy(ctx context.Context) error {
-	delay := 2 * time.Millisecond
+	start := time.Now()
+	delay := healthFastEvery
 	var last error
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
@@ -93,8 +104,8 @@ func (c *Client) WaitHealthy(ctx context.Context) error {
 			return fmt.Errorf("wait for envd at %s: %w (last error: %w)", c.base, ctx.Err(), last)
 		case <-time.After(delay):
 		}
-		if delay < 50*time.Millisecond {
-			delay *= 2
+		if time.Since(start) > healthFastFor && delay < healthSlowest {
+			delay = min(2*delay, healthSlowest)
 		}
 	}
 }
