@@ -56,8 +56,8 @@ type Reporter interface {
 	Report(ctx context.Context, ev Event) error
 }
 
-// HTTPReporter posts events to the control plane with the host token,
-// retrying failed deliveries with exponential backoff.
+// HTTPReporter posts events and flushed metrics to the control plane with
+// the host token, retrying failed deliveries with exponential backoff.
 type HTTPReporter struct {
 	// URL is the control plane's base URL.
 	URL    string
@@ -98,6 +98,48 @@ var errPermanent = errors.New("refused by control plane")
 // (the event is malformed or the host not known); anything else is retried
 // until ctx ends.
 func (r *HTTPReporter) Report(ctx context.Context, ev Event) error {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	if err := r.deliver(ctx, "/v1/hosts/sandbox-events", body, "event_id", ev.EventID, ev.SandboxID); err != nil {
+		return fmt.Errorf("report %s event of %s: %w", ev.Type, ev.SandboxID, err)
+	}
+	return nil
+}
+
+// metricSample is a Sample as POST /v1/hosts/sandbox-metrics takes it.
+type metricSample struct {
+	Time        time.Time `json:"time"`
+	CPUPercent  float64   `json:"cpu_percent"`
+	MemoryBytes uint64    `json:"memory_bytes"`
+	DiskBytes   uint64    `json:"disk_bytes"`
+}
+
+// ReportMetrics implements MetricsReporter like Report: retried with backoff
+// until accepted, refused for good, or ctx ends. The control plane keys
+// samples by sandbox and time, so a redelivery stores nothing twice.
+func (r *HTTPReporter) ReportMetrics(ctx context.Context, sandboxID string, samples []Sample) error {
+	wire := struct {
+		SandboxID string         `json:"sandbox_id"`
+		Samples   []metricSample `json:"samples"`
+	}{SandboxID: sandboxID, Samples: make([]metricSample, len(samples))}
+	for i, s := range samples {
+		wire.Samples[i] = metricSample(s)
+	}
+	body, err := json.Marshal(wire)
+	if err != nil {
+		return fmt.Errorf("encode metrics: %w", err)
+	}
+	if err := r.deliver(ctx, "/v1/hosts/sandbox-metrics", body, "samples", len(samples), sandboxID); err != nil {
+		return fmt.Errorf("flush %d metric samples of %s: %w", len(samples), sandboxID, err)
+	}
+	return nil
+}
+
+// deliver posts body to path once a host token is set, retrying with
+// exponential backoff; logKey and logValue name the delivery in the log.
+func (r *HTTPReporter) deliver(ctx context.Context, path string, body []byte, logKey string, logValue any, sandboxID string) error {
 	r.mu.Lock()
 	r.init()
 	ready := r.ready
@@ -105,11 +147,7 @@ func (r *HTTPReporter) Report(ctx context.Context, ev Event) error {
 	select {
 	case <-ready:
 	case <-ctx.Done():
-		return fmt.Errorf("report %s event of %s: not registered yet: %w", ev.Type, ev.SandboxID, ctx.Err())
-	}
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
+		return fmt.Errorf("not registered yet: %w", ctx.Err())
 	}
 	backoff := r.FirstBackoff
 	if backoff <= 0 {
@@ -120,33 +158,33 @@ func (r *HTTPReporter) Report(ctx context.Context, ev Event) error {
 		maxBackoff = 30 * time.Second
 	}
 	for attempt := 1; ; attempt++ {
-		err := r.post(ctx, body)
+		err := r.post(ctx, path, body)
 		if err == nil {
 			return nil
 		}
 		if errors.Is(err, errPermanent) {
-			return fmt.Errorf("report %s event of %s: %w", ev.Type, ev.SandboxID, err)
+			return err
 		}
 		if r.Logger != nil {
-			r.Logger.Warn("sandbox event not delivered, retrying", "sandbox_id", ev.SandboxID,
-				"event_id", ev.EventID, "attempt", attempt, "err", err)
+			r.Logger.Warn("delivery to the control plane failed, retrying", "path", path, "sandbox_id", sandboxID,
+				logKey, logValue, "attempt", attempt, "err", err)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("report %s event of %s: gave up after %d attempts: %w", ev.Type, ev.SandboxID, attempt, err)
+			return fmt.Errorf("gave up after %d attempts: %w", attempt, err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
-func (r *HTTPReporter) post(ctx context.Context, body []byte) error {
+func (r *HTTPReporter) post(ctx context.Context, path string, body []byte) error {
 	r.mu.Lock()
 	token := r.token
 	r.mu.Unlock()
 	reqCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(reqCtx, http.MethodPost, strings.TrimRight(r.URL, "/")+"/v1/hosts/sandbox-events", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(reqCtx, http.MethodPost, strings.TrimRight(r.URL, "/")+path, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("%w: build request: %w", errPermanent, err)
 	}

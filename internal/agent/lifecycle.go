@@ -38,6 +38,7 @@ func (m *Manager) pauseLocked(ctx context.Context, sb *Sandbox) error {
 	if sb.State != StateRunning {
 		return fmt.Errorf("%w: sandbox %s is %s, only a running sandbox can be paused", ErrConflict, sb.ID, sb.State)
 	}
+	m.stopping(ctx, sb)
 	start := time.Now()
 	if err := m.o.Runtime.Pause(ctx, sb.ID); err != nil {
 		return fmt.Errorf("pause sandbox %s: %w", sb.ID, err)

@@ -138,6 +138,9 @@ type Manager struct {
 	// onRemove is called with the id of every sandbox a destroy took out of
 	// the table (caches keyed by sandbox, such as the port proxy's).
 	onRemove []func(sandboxID string)
+	// beforeStop is called with every sandbox about to be paused or
+	// destroyed (see onBeforeStop).
+	beforeStop []func(ctx context.Context, sb *Sandbox)
 
 	// reports tracks event deliveries in flight; reportCtx ends them when
 	// the manager stops.
@@ -407,6 +410,7 @@ func (m *Manager) Destroy(ctx context.Context, sandboxID string) error {
 // entry leaves the table even when a release step fails: what is left is
 // the start-up orphan cleanup's to find.
 func (m *Manager) destroyLocked(ctx context.Context, sb *Sandbox) error {
+	m.stopping(ctx, sb)
 	sb.State = StateDestroying
 	err := sb.release.run(ctx)
 	m.mu.Lock()
@@ -432,6 +436,27 @@ func (m *Manager) OnRemove(fn func(sandboxID string)) {
 	m.mu.Lock()
 	m.onRemove = append(m.onRemove, fn)
 	m.mu.Unlock()
+}
+
+// onBeforeStop registers fn to be called with a sandbox just before it is
+// paused or destroyed, on every path (API, auto-pause, death, shutdown),
+// while it still has its cgroup and disk. fn runs under the sandbox's
+// lifecycle lock, so it may read the sandbox's fields, and must not block:
+// what it sends, it sends in the background.
+func (m *Manager) onBeforeStop(fn func(ctx context.Context, sb *Sandbox)) {
+	m.mu.Lock()
+	m.beforeStop = append(m.beforeStop, fn)
+	m.mu.Unlock()
+}
+
+// stopping runs the onBeforeStop hooks; the caller holds sb.op.
+func (m *Manager) stopping(ctx context.Context, sb *Sandbox) {
+	m.mu.Lock()
+	hooks := m.beforeStop
+	m.mu.Unlock()
+	for _, fn := range hooks {
+		fn(ctx, sb)
+	}
 }
 
 // Get returns a sandbox of the table.

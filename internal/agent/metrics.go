@@ -32,11 +32,17 @@ const (
 )
 
 // MetricsSampler samples every running sandbox's cpu, memory and disk at a
-// fixed interval into a ring per sandbox. A ring grows as samples arrive and
-// never beyond its capacity (32 bytes a sample: about 540 KiB for a day at
-// 5 s), so memory stays bounded however long sandboxes live; rings of
-// sandboxes that left the table are dropped at the next tick. Paused
-// sandboxes are not sampled: their ring keeps what it had.
+// fixed interval into a ring per sandbox, all sandboxes in one sweep (a few
+// cgroup files and a statfs each, no process and no timer per sandbox). A
+// ring grows as samples arrive and never beyond its capacity (32 bytes a
+// sample: about 540 KiB for a day at 5 s), so memory stays bounded however
+// long sandboxes live. Paused sandboxes are not sampled: their ring keeps
+// what it had.
+//
+// Just before a sandbox is paused or destroyed the sampler takes a last
+// sample and flushes what the control plane has not got yet through its
+// MetricsReporter, in the background; a destroyed sandbox's ring goes with
+// it.
 type MetricsSampler struct {
 	m        *Manager
 	interval time.Duration
@@ -44,21 +50,62 @@ type MetricsSampler struct {
 	// diskUsage measures the bytes used on the filesystem holding path.
 	diskUsage func(path string) (uint64, error)
 	log       *slog.Logger
+	reporter  MetricsReporter
+
+	// flushes tracks deliveries in flight; flushCtx ends them at Close.
+	flushes     sync.WaitGroup
+	flushCtx    context.Context
+	cancelFlush context.CancelFunc
 
 	mu    sync.Mutex
 	rings map[string]*sampleRing
 }
 
-// NewMetricsSampler returns a sampler over m; interval and capacity of 0
-// take the defaults.
-func NewMetricsSampler(m *Manager, interval time.Duration, capacity int) *MetricsSampler {
+// MetricsReporter delivers a sandbox's samples to the control plane,
+// retrying as it sees fit, and returns when they were accepted, refused for
+// good, or ctx ended. Delivering the same samples twice must be harmless.
+type MetricsReporter interface {
+	ReportMetrics(ctx context.Context, sandboxID string, samples []Sample) error
+}
+
+// maxFlushSamples is how many samples one delivery carries at most (about
+// 100 KB of JSON); a day's ring goes in several.
+const maxFlushSamples = 1000
+
+// NewMetricsSampler returns a sampler over m that flushes through reporter
+// (nil: nothing is flushed) and hooks itself into m's pauses and destroys;
+// interval and capacity of 0 take the defaults.
+func NewMetricsSampler(m *Manager, reporter MetricsReporter, interval time.Duration, capacity int) *MetricsSampler {
 	if interval <= 0 {
 		interval = DefaultMetricsInterval
 	}
 	if capacity <= 0 {
 		capacity = DefaultMetricsCapacity
 	}
-	return &MetricsSampler{m: m, interval: interval, capacity: capacity, diskUsage: statfsUsed, log: m.log, rings: map[string]*sampleRing{}}
+	ms := &MetricsSampler{
+		m: m, interval: interval, capacity: capacity, diskUsage: statfsUsed, log: m.log,
+		reporter: reporter, rings: map[string]*sampleRing{},
+	}
+	ms.flushCtx, ms.cancelFlush = context.WithCancel(context.Background())
+	m.onBeforeStop(ms.beforeStop)
+	m.OnRemove(ms.forget)
+	return ms
+}
+
+// Close waits up to grace for flushes in flight, then abandons them.
+func (ms *MetricsSampler) Close(grace time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		ms.flushes.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		ms.cancelFlush()
+		<-done
+	}
+	ms.cancelFlush()
 }
 
 // packedSample is how a ring stores a Sample, at 32 bytes instead of 48.
@@ -83,6 +130,9 @@ type sampleRing struct {
 	// lastCPU and lastAt are the previous reading, for the cpu rate.
 	lastCPU time.Duration
 	lastAt  time.Time
+	// flushed is the time (Unix nanoseconds) of the newest sample the
+	// control plane accepted; later ones go in the next flush.
+	flushed int64
 }
 
 func (r *sampleRing) add(s Sample, capacity int) {
@@ -150,15 +200,21 @@ func (ms *MetricsSampler) sample(ctx context.Context, sandboxID string) {
 	if err != nil {
 		return
 	}
+	sb.op.Lock()
+	rootfs, started := sb.rootfs, sb.StartedAt
+	sb.op.Unlock()
+	ms.measure(ctx, sandboxID, rootfs, started)
+}
+
+// measure adds one sample of a sandbox whose root filesystem and start
+// time the caller read.
+func (ms *MetricsSampler) measure(ctx context.Context, sandboxID string, rootfs RootFS, started time.Time) {
 	st, err := ms.m.o.Runtime.Stats(ctx, sandboxID)
 	if err != nil {
 		ms.log.Debug("sample sandbox stats", "sandbox_id", sandboxID, "err", err)
 		return
 	}
 	var disk uint64
-	sb.op.Lock()
-	rootfs, started := sb.rootfs, sb.StartedAt
-	sb.op.Unlock()
 	if rootfs != nil {
 		// The overlay reports the filesystem of its upper layer: the
 		// sandbox's own disk.
@@ -166,7 +222,9 @@ func (ms *MetricsSampler) sample(ctx context.Context, sandboxID string) {
 			ms.log.Debug("measure sandbox disk", "sandbox_id", sandboxID, "err", err)
 		}
 	}
-	now := ms.m.o.Clock.Now().UTC()
+	// Microseconds: what the control plane's timestamps hold, so a sample
+	// it stored and the same sample in the ring compare equal.
+	now := ms.m.o.Clock.Now().UTC().Truncate(time.Microsecond)
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	r := ms.rings[sandboxID]
@@ -181,6 +239,59 @@ func (ms *MetricsSampler) sample(ctx context.Context, sandboxID string) {
 	}
 	r.lastCPU, r.lastAt = st.CPUUsage, now
 	r.add(Sample{Time: now, CPUPercent: cpu, MemoryBytes: st.MemoryBytes, DiskBytes: disk}, ms.capacity)
+}
+
+// beforeStop takes a last sample of a running sandbox and flushes what the
+// control plane has not got yet. It runs under sb's lifecycle lock
+// (Manager.onBeforeStop), so it reads sb directly.
+func (ms *MetricsSampler) beforeStop(ctx context.Context, sb *Sandbox) {
+	if sb.State == StateRunning {
+		ms.measure(ctx, sb.ID, sb.rootfs, sb.StartedAt)
+	}
+	ms.flush(sb.ID)
+}
+
+// forget drops the ring of a sandbox that left the table.
+func (ms *MetricsSampler) forget(sandboxID string) {
+	ms.mu.Lock()
+	delete(ms.rings, sandboxID)
+	ms.mu.Unlock()
+}
+
+// flush delivers, in the background, the samples of sandboxID taken after
+// the last accepted flush. They are copied now, so a ring dropped meanwhile
+// loses nothing. The mark advances only when the control plane accepted
+// them; an overlapping flush resends a few, which it stores once.
+func (ms *MetricsSampler) flush(sandboxID string) {
+	if ms.reporter == nil {
+		return
+	}
+	ms.mu.Lock()
+	r := ms.rings[sandboxID]
+	var samples []Sample
+	if r != nil {
+		samples = r.since(time.Unix(0, r.flushed))
+	}
+	ms.mu.Unlock()
+	if len(samples) == 0 {
+		return
+	}
+	ms.flushes.Go(func() {
+		for len(samples) > 0 {
+			n := min(len(samples), maxFlushSamples)
+			if err := ms.reporter.ReportMetrics(ms.flushCtx, sandboxID, samples[:n]); err != nil {
+				ms.log.Error("sandbox metrics not flushed", "sandbox_id", sandboxID, "samples", len(samples), "err", err)
+				return
+			}
+			last := samples[n-1].Time.UnixNano()
+			samples = samples[n:]
+			ms.mu.Lock()
+			if r := ms.rings[sandboxID]; r != nil && last > r.flushed {
+				r.flushed = last
+			}
+			ms.mu.Unlock()
+		}
+	})
 }
 
 // Samples returns a sandbox's samples after since, oldest first. A running

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -58,7 +59,7 @@ func TestMetricsSampler(t *testing.T) {
 	if n := unsafe.Sizeof(packedSample{}); n != 32 {
 		t.Errorf("a stored sample takes %d bytes, want 32", n)
 	}
-	ms := NewMetricsSampler(m, 5*time.Second, 3)
+	ms := NewMetricsSampler(m, nil, 5*time.Second, 3)
 	ms.diskUsage = func(string) (uint64, error) { return 4096, nil }
 
 	// Half a core for 5 s, then two full cores.
@@ -128,4 +129,125 @@ func connectClient(t *testing.T, h http.Handler) hostagentv1connect.HostAgentSer
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	return hostagentv1connect.NewHostAgentServiceClient(&http.Client{Transport: tr}, srv.URL)
+}
+
+// flushRecorder is a control plane that records metric flushes; it refuses
+// the first delivery with a 503 so the retry is exercised.
+type flushRecorder struct {
+	mu      sync.Mutex
+	refused bool
+	auth    []string
+	flushes []struct {
+		SandboxID string         `json:"sandbox_id"`
+		Samples   []metricSample `json:"samples"`
+	}
+}
+
+func (f *flushRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.URL.Path != "/v1/hosts/sandbox-metrics" {
+		http.NotFound(w, r)
+		return
+	}
+	if !f.refused {
+		f.refused = true
+		http.Error(w, "try again", http.StatusServiceUnavailable)
+		return
+	}
+	var body struct {
+		SandboxID string         `json:"sandbox_id"`
+		Samples   []metricSample `json:"samples"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.flushes = append(f.flushes, body)
+	f.auth = append(f.auth, r.Header.Get("Authorization"))
+	w.WriteHeader(http.StatusOK)
+}
+
+func (f *flushRecorder) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.flushes)
+}
+
+func TestMetricsFlushedBeforePauseAndDestroy(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, nil)
+	srt := &statsRuntime{fakeRuntime: r.rt}
+	opts := r.opts
+	opts.Runtime = srt
+	m, err := NewManager(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &flushRecorder{}
+	srv := httptest.NewServer(rec)
+	t.Cleanup(srv.Close)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	rep := &HTTPReporter{URL: srv.URL, Client: &http.Client{Transport: tr}, FirstBackoff: time.Millisecond}
+	rep.SetToken("wrh_flush")
+	ms := NewMetricsSampler(m, rep, 5*time.Second, 100)
+	ms.diskUsage = func(string) (uint64, error) { return 4096, nil }
+	t.Cleanup(func() { ms.Close(time.Second) })
+
+	ctx := context.Background()
+	sid := newID()
+	if _, err := m.Create(ctx, createReq(sid, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Two sweeps, then a pause a second after the second: the pause takes
+	// a third sample itself (a full core over that second).
+	for i, cpu := range []time.Duration{0, 2500 * time.Millisecond} {
+		if i > 0 {
+			r.clock.advance(5 * time.Second)
+		}
+		srt.set(cpu, 100)
+		ms.SampleAll(ctx)
+	}
+	r.clock.advance(time.Second)
+	srt.set(3500*time.Millisecond, 200)
+	if _, err := m.Pause(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "flush before pause", func() bool { return rec.count() == 1 })
+	rec.mu.Lock()
+	first := rec.flushes[0]
+	auth := rec.auth[0]
+	rec.mu.Unlock()
+	if first.SandboxID != sid || len(first.Samples) != 3 || auth != "Bearer wrh_flush" {
+		t.Fatalf("flush before pause: %+v (auth %q), want 3 samples of %s with the host token", first, auth, sid)
+	}
+	if last := first.Samples[2]; last.CPUPercent != 100 || last.MemoryBytes != 200 || last.DiskBytes != 4096 {
+		t.Errorf("the pause's own sample: %+v, want a full core, 200 bytes, 4096 on disk", last)
+	}
+
+	// Resumed, sampled once more, destroyed: only what came after the
+	// first flush goes, the destroy's own sample included.
+	if _, err := m.Resume(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	r.clock.advance(5 * time.Second)
+	ms.SampleAll(ctx)
+	r.clock.advance(time.Second)
+	if err := m.Destroy(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "flush before destroy", func() bool { return rec.count() == 2 })
+	rec.mu.Lock()
+	second := rec.flushes[1]
+	rec.mu.Unlock()
+	if len(second.Samples) != 2 || !second.Samples[0].Time.After(first.Samples[2].Time) {
+		t.Errorf("flush before destroy: %+v, want the 2 samples after %s", second.Samples, first.Samples[2].Time)
+	}
+	ms.mu.Lock()
+	left := len(ms.rings)
+	ms.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d rings left after destroy", left)
+	}
 }

@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	growTemplates(ctx, images, filepath.Join(cfg.Dir, "images"), cfg.DefaultDiskMB<<20, log)
 
 	mux := http.NewServeMux()
-	sampler := NewMetricsSampler(mgr, 0, 0)
+	sampler := NewMetricsSampler(mgr, reporter, 0, 0)
 	svc := &Service{m: mgr, runtimeName: rt.Name(), envdVersion: EnvdVersion, metrics: sampler}
 	path, handler := hostagentv1connect.NewHostAgentServiceHandler(svc)
 	mux.Handle(path, handler)
@@ -201,6 +201,8 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 			log.Error("destroy sandboxes on exit", "err", derr)
 		}
 	}
+	// Destroys flushed their sandboxes' metrics; give them a moment.
+	sampler.Close(reportGrace)
 	shrinkMinimal(shutCtx, images, mgr, log)
 	// With no sandbox left the agent's chains guard nothing; sandboxes kept
 	// for the next start keep theirs.

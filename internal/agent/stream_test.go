@@ -65,7 +65,7 @@ func newLiveRig(t *testing.T) *liveRig {
 	}
 	r.m = m
 	r.dir = opts.Dir
-	svc := &Service{m: m, runtimeName: "fake", envdVersion: EnvdVersion, metrics: NewMetricsSampler(m, time.Second, 4)}
+	svc := &Service{m: m, runtimeName: "fake", envdVersion: EnvdVersion, metrics: NewMetricsSampler(m, nil, time.Second, 4)}
 	mux := http.NewServeMux()
 	path, h := hostagentv1connect.NewHostAgentServiceHandler(svc)
 	mux.Handle(path, h)

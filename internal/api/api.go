@@ -157,6 +157,7 @@ func (a *API) Routes(r chi.Router) {
 		r.Post("/hosts/heartbeat", a.heartbeat)
 		r.Post("/hosts/refresh", a.refreshHost)
 		r.Post("/hosts/sandbox-events", a.hostSandboxEvent)
+		r.Post("/hosts/sandbox-metrics", a.hostSandboxMetrics)
 		a.publicIdentityRoutes(r)
 		r.Group(func(r chi.Router) {
 			r.Use(a.auditTrail)

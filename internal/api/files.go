@@ -220,9 +220,12 @@ func (a *API) makeDir(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, entry)
 }
 
-// sandboxMetrics is GET /v1/sandboxes/{id}/metrics?since=RFC3339. It works
-// for paused sandboxes too (their history stays readable) and does not
-// count as activity, so a dashboard polling it never keeps a sandbox awake.
+// sandboxMetrics is GET /v1/sandboxes/{id}/metrics?since=RFC3339: what the
+// host flushed before the sandbox paused or stopped, followed, while it runs
+// or is paused, by what the host's ring took after that. So a stopped
+// sandbox's history stays readable, and so does a paused one's after its
+// agent restarted. It does not count as activity, so a dashboard polling it
+// never keeps a sandbox awake.
 func (a *API) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
 	var since time.Time
 	if v := r.URL.Query().Get("since"); v != "" {
@@ -237,22 +240,27 @@ func (a *API) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if sb.Status != "running" && sb.Status != "paused" {
-		a.fail(w, r, conflict(fmt.Sprintf("sandbox %s is %s; metrics are kept only while it runs or is paused", sb.ID, sb.Status)))
-		return
-	}
-	agent, err := a.hostAgent(r.Context(), sb)
+	samples, err := a.storedMetrics(r, sb.ID, since)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	samples, err := agent.SandboxMetrics(r.Context(), sb.ID, since)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if samples == nil {
-		samples = []hostclient.MetricSample{}
+	if sb.Status == "running" || sb.Status == "paused" {
+		after := since
+		if n := len(samples); n > 0 && samples[n-1].Time.After(after) {
+			after = samples[n-1].Time
+		}
+		agent, err := a.hostAgent(r.Context(), sb)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		live, err := agent.SandboxMetrics(r.Context(), sb.ID, after)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		samples = append(samples, live...)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"samples": samples})
 }

@@ -27,21 +27,22 @@ type isolationCase struct {
 // resource, with why none can be reached through them. A new operation
 // must land here or in the id table, or the test fails.
 var isolationExempt = map[string]string{
-	"GET /healthz":                  "public, no team data",
-	"GET /metrics":                  "public, series carry route patterns, never ids (TestMetricsScrape)",
-	"GET /openapi.yaml":             "public document",
-	"POST /v1/hosts/register":       "authenticated by a one-time host registration token, not an API key",
-	"POST /v1/hosts/refresh":        "authenticated by a host refresh token, not an API key",
-	"POST /v1/hosts/heartbeat":      "authenticated by a host token, not an API key",
-	"POST /v1/hosts/sandbox-events": "authenticated by a host token, not an API key",
-	"POST /v1/auth/signup":          "public, creates a new user",
-	"POST /v1/auth/login":           "public, answers the caller's own session",
-	"POST /v1/auth/logout":          "ends the caller's own session",
-	"POST /v1/auth/logout-all":      "ends the caller's own sessions",
-	"POST /v1/sandboxes":            "creates in the caller's team",
-	"POST /v1/teams":                "creates a team owned by the caller",
-	"POST /v1/api-keys":             "creates a key in the caller's team",
-	"POST /v1/admin/hosts":          "admin only: checked for 403 below",
+	"GET /healthz":                   "public, no team data",
+	"GET /metrics":                   "public, series carry route patterns, never ids (TestMetricsScrape)",
+	"GET /openapi.yaml":              "public document",
+	"POST /v1/hosts/register":        "authenticated by a one-time host registration token, not an API key",
+	"POST /v1/hosts/refresh":         "authenticated by a host refresh token, not an API key",
+	"POST /v1/hosts/heartbeat":       "authenticated by a host token, not an API key",
+	"POST /v1/hosts/sandbox-events":  "authenticated by a host token, not an API key",
+	"POST /v1/hosts/sandbox-metrics": "authenticated by a host token, not an API key",
+	"POST /v1/auth/signup":           "public, creates a new user",
+	"POST /v1/auth/login":            "public, answers the caller's own session",
+	"POST /v1/auth/logout":           "ends the caller's own session",
+	"POST /v1/auth/logout-all":       "ends the caller's own sessions",
+	"POST /v1/sandboxes":             "creates in the caller's team",
+	"POST /v1/teams":                 "creates a team owned by the caller",
+	"POST /v1/api-keys":              "creates a key in the caller's team",
+	"POST /v1/admin/hosts":           "admin only: checked for 403 below",
 }
 
 // Team B's key reaches nothing of team A's: every documented operation with

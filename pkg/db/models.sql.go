@@ -89,6 +89,14 @@ type Sandbox struct {
 	Generation  int64
 }
 
+type SandboxMetricSample struct {
+	SandboxID   string
+	At          time.Time
+	CpuPercent  float64
+	MemoryBytes int64
+	DiskBytes   int64
+}
+
 type SandboxTrafficToken struct {
 	SandboxID string
 	TokenHash string

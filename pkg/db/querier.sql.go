@@ -67,6 +67,9 @@ type Querier interface {
 	// outcome of an operation that is over, changes nothing and gets no row back
 	// (pgx.ErrNoRows). Every query filters by team_id.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	// Flushed sandbox metrics (POST /v1/hosts/sandbox-metrics).
+	// Samples already stored (a retried flush) are skipped.
+	InsertSandboxMetricSamples(ctx context.Context, arg InsertSandboxMetricSamplesParams) (int64, error)
 	// Port traffic: private sandboxes' tokens and the route of a sandbox's ports.
 	InsertTrafficToken(ctx context.Context, arg InsertTrafficTokenParams) error
 	ListAPIKeys(ctx context.Context, teamID string) ([]ListAPIKeysRow, error)
@@ -83,6 +86,7 @@ type Querier interface {
 	// Everything the monitor reconciles on one host: every sandbox not stopped.
 	ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error)
 	ListMembers(ctx context.Context, teamID string) ([]ListMembersRow, error)
+	ListSandboxMetricSamples(ctx context.Context, arg ListSandboxMetricSamplesParams) ([]ListSandboxMetricSamplesRow, error)
 	ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error)
 	ListUserTeams(ctx context.Context, userID string) ([]ListUserTeamsRow, error)
 	LockHost(ctx context.Context, id string) (Host, error)
@@ -97,6 +101,8 @@ type Querier interface {
 	MarkHostDeleted(ctx context.Context, arg MarkHostDeletedParams) error
 	// Online hosts whose last heartbeat is older than the cutoff.
 	MarkHostsUnreachable(ctx context.Context, cutoff time.Time) ([]string, error)
+	// Keeps a sandbox's stored samples to the window the agent's ring holds.
+	PruneSandboxMetricSamples(ctx context.Context, arg PruneSandboxMetricSamplesParams) error
 	// Zero rows: the event was applied before (a retried callback).
 	RecordHostSandboxEvent(ctx context.Context, arg RecordHostSandboxEventParams) (int64, error)
 	// Host credentials: refresh, deletion, and the internal CA.

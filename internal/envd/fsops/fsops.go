@@ -1,9 +1,9 @@
 // Package fsops does the filesystem.Filesystem operations of envd on
 // absolute paths: stat, make a directory, move, list to a depth, remove.
 //
-// envd runs as root and acts with its own privileges, as E2B's envd does;
-// what it creates for a user (directories, parents of a move's destination)
-// is handed to that user, so the user's own processes can use it.
+// envd runs as root; callers run these operations for a user inside As, so
+// the kernel checks that user's permissions and what they create belongs
+// to the user.
 package fsops
 
 import (
@@ -46,12 +46,6 @@ type Entry struct {
 	SymlinkTarget string // set for symlinks
 }
 
-// Owner is who gets what an operation creates. A nil *Owner leaves envd as
-// the owner.
-type Owner struct {
-	UID, GID uint32
-}
-
 // Stat describes path without following a final symlink.
 func Stat(path string) (Entry, error) {
 	fi, err := os.Lstat(path)
@@ -87,23 +81,24 @@ func entry(path string, fi fs.FileInfo) Entry {
 	return e
 }
 
-// MakeDir creates path and any missing parents, giving each new directory to
-// owner. An existing directory is os.ErrExist; an existing file ErrInvalid.
-func MakeDir(path string, owner *Owner) (Entry, error) {
+// MakeDir creates path and any missing parents. An existing directory is
+// os.ErrExist; an existing file ErrInvalid.
+func MakeDir(path string) (Entry, error) {
 	if fi, err := os.Stat(path); err == nil {
 		if fi.IsDir() {
 			return Entry{}, fmt.Errorf("make directory %s: %w", path, os.ErrExist)
 		}
 		return Entry{}, fmt.Errorf("%w: make directory %s: a file is in the way", ErrInvalid, path)
 	}
-	if err := MkdirAll(path, owner); err != nil {
+	if err := MkdirAll(path); err != nil {
 		return Entry{}, err
 	}
 	return Stat(path)
 }
 
-// mkdirAll is os.MkdirAll that hands every directory it creates to owner.
-func MkdirAll(path string, owner *Owner) error {
+// MkdirAll is os.MkdirAll with errors that name the path and ErrInvalid
+// when a file is in the way.
+func MkdirAll(path string) error {
 	fi, err := os.Stat(path)
 	if err == nil {
 		if fi.IsDir() {
@@ -112,7 +107,7 @@ func MkdirAll(path string, owner *Owner) error {
 		return fmt.Errorf("%w: create directory %s: a file is in the way", ErrInvalid, path)
 	}
 	if parent := filepath.Dir(path); parent != path {
-		if err := MkdirAll(parent, owner); err != nil {
+		if err := MkdirAll(parent); err != nil {
 			return err
 		}
 	}
@@ -122,21 +117,16 @@ func MkdirAll(path string, owner *Owner) error {
 		}
 		return fmt.Errorf("create directory %s: %w", path, err)
 	}
-	if owner != nil {
-		if err := os.Lchown(path, int(owner.UID), int(owner.GID)); err != nil {
-			return fmt.Errorf("give directory %s to uid %d: %w", path, owner.UID, err)
-		}
-	}
 	return nil
 }
 
-// Move renames src to dst, creating dst's missing parents for owner. It does
-// not copy across filesystems.
-func Move(src, dst string, owner *Owner) (Entry, error) {
+// Move renames src to dst, creating dst's missing parents. It does not copy
+// across filesystems.
+func Move(src, dst string) (Entry, error) {
 	if _, err := os.Lstat(src); err != nil {
 		return Entry{}, fmt.Errorf("move %s: %w", src, err)
 	}
-	if err := MkdirAll(filepath.Dir(dst), owner); err != nil {
+	if err := MkdirAll(filepath.Dir(dst)); err != nil {
 		return Entry{}, err
 	}
 	if err := os.Rename(src, dst); err != nil {

@@ -113,36 +113,20 @@ func TestListDirDepth(t *testing.T) {
 func TestMakeDir(t *testing.T) {
 	t.Parallel()
 	root := tree(t)
-	var owner *Owner
-	if os.Geteuid() == 0 {
-		owner = &Owner{UID: 54321, GID: 54322}
-	}
-	e, err := MakeDir(filepath.Join(root, "x/y/z"), owner)
+	e, err := MakeDir(filepath.Join(root, "x/y/z"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e.Type != TypeDir || e.Name != "z" {
 		t.Fatalf("MakeDir = %+v", e)
 	}
-	if owner != nil {
-		for _, p := range []string{"x", "x/y", "x/y/z"} {
-			st, _ := Stat(filepath.Join(root, p))
-			if st.UID != owner.UID || st.GID != owner.GID {
-				t.Errorf("%s owned by %d:%d, want %d:%d", p, st.UID, st.GID, owner.UID, owner.GID)
-			}
-		}
-		// Existing parents keep their owner.
-		if st, _ := Stat(root); st.UID == owner.UID {
-			t.Errorf("existing parent was chowned")
-		}
-	}
-	if _, err := MakeDir(filepath.Join(root, "x/y/z"), owner); !errors.Is(err, os.ErrExist) {
+	if _, err := MakeDir(filepath.Join(root, "x/y/z")); !errors.Is(err, os.ErrExist) {
 		t.Errorf("again: %v, want ErrExist", err)
 	}
-	if _, err := MakeDir(filepath.Join(root, "a/f1"), owner); !errors.Is(err, ErrInvalid) {
+	if _, err := MakeDir(filepath.Join(root, "a/f1")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("over a file: %v, want ErrInvalid", err)
 	}
-	if _, err := MakeDir(filepath.Join(root, "a/f1/sub"), owner); !errors.Is(err, ErrInvalid) {
+	if _, err := MakeDir(filepath.Join(root, "a/f1/sub")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("below a file: %v, want ErrInvalid", err)
 	}
 }
@@ -150,7 +134,7 @@ func TestMakeDir(t *testing.T) {
 func TestMoveAndRemove(t *testing.T) {
 	t.Parallel()
 	root := tree(t)
-	e, err := Move(filepath.Join(root, "a/f1"), filepath.Join(root, "new/dir/g1"), nil)
+	e, err := Move(filepath.Join(root, "a/f1"), filepath.Join(root, "new/dir/g1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,11 +144,11 @@ func TestMoveAndRemove(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "a/f1")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("source still there: %v", err)
 	}
-	if _, err := Move(filepath.Join(root, "a/f1"), filepath.Join(root, "g"), nil); !errors.Is(err, os.ErrNotExist) {
+	if _, err := Move(filepath.Join(root, "a/f1"), filepath.Join(root, "g")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("move missing: %v", err)
 	}
 	// Never replace an existing directory.
-	if _, err := Move(filepath.Join(root, "a"), filepath.Join(root, "e"), nil); !errors.Is(err, ErrInvalid) {
+	if _, err := Move(filepath.Join(root, "a"), filepath.Join(root, "e")); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("move over a directory: %v", err)
 	}
 	if err := Remove(filepath.Join(root, "e")); err != nil {

@@ -26,21 +26,13 @@ type fileInfo struct {
 
 // filesCaller resolves the user of a /files request: the `username` query
 // parameter the SDKs send, else the Basic header, else the defaults.
-func (s *Server) filesCaller(r *http.Request) (caller, *fsops.Owner, error) {
+func (s *Server) filesCaller(r *http.Request) (caller, error) {
 	h := r.Header
 	if name := r.URL.Query().Get("username"); name != "" {
 		h = h.Clone()
 		h.Set("Authorization", basicUser(name))
 	}
-	c, err := s.callerOf(h)
-	if err != nil {
-		return caller{}, nil, err
-	}
-	var owner *fsops.Owner
-	if os.Geteuid() == 0 && c.user.UID != 0 {
-		owner = &fsops.Owner{UID: c.user.UID, GID: c.user.GID}
-	}
-	return c, owner, nil
+	return s.callerOf(h)
 }
 
 func basicUser(name string) string {
@@ -80,7 +72,7 @@ func (s *Server) writeFSError(w http.ResponseWriter, err error) {
 
 // handleGetFile sends a file's bytes, gzip-compressed when the client asks.
 func (s *Server) handleGetFile(w http.ResponseWriter, r *http.Request) {
-	c, _, err := s.filesCaller(r)
+	c, err := s.filesCaller(r)
 	if err != nil {
 		s.writeFSError(w, err)
 		return
@@ -91,7 +83,9 @@ func (s *Server) handleGetFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p = c.resolvePath(p)
-	f, err := os.Open(p)
+	// Opened as the user, read as envd: the kernel checks permissions once,
+	// at open, as it would for the user's own process.
+	f, err := fsops.As(c.fs, func() (*os.File, error) { return os.Open(p) })
 	if err != nil {
 		s.writeFSError(w, fmt.Errorf("open %s: %w", p, err))
 		return
@@ -137,7 +131,7 @@ func acceptsGzip(v string) bool {
 // the path query parameter or, without it, to the part's file name), or one
 // raw body (application/octet-stream, optionally gzip-encoded) to path.
 func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
-	c, owner, err := s.filesCaller(r)
+	c, err := s.filesCaller(r)
 	if err != nil {
 		s.writeFSError(w, err)
 		return
@@ -164,7 +158,7 @@ func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
 			if dst == "" {
 				dst = partFileName(part)
 			}
-			info, err := s.writeUpload(c, owner, dst, part)
+			info, err := s.writeUpload(c, dst, part)
 			_ = part.Close()
 			if err != nil {
 				s.writeFSError(w, err)
@@ -187,7 +181,7 @@ func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
 			defer gz.Close()
 			body = gz
 		}
-		info, err := s.writeUpload(c, owner, target, body)
+		info, err := s.writeUpload(c, target, body)
 		if err != nil {
 			s.writeFSError(w, err)
 			return
@@ -207,38 +201,46 @@ func partFileName(part *multipart.Part) string {
 	return params["filename"]
 }
 
-// writeUpload writes src to the caller's path p, creating parents for the
-// user and keeping an existing file's mode and owner.
-func (s *Server) writeUpload(c caller, owner *fsops.Owner, p string, src io.Reader) (fileInfo, error) {
+// writeUpload writes src to the caller's path p, creating missing parents
+// and keeping an existing file's mode and owner. Parents and file are
+// created as the user (so they are the user's), then the bytes are copied
+// by envd into the open file.
+func (s *Server) writeUpload(c caller, p string, src io.Reader) (fileInfo, error) {
 	if p == "" {
 		return fileInfo{}, fmt.Errorf("%w: the path query parameter is required", errInvalid)
 	}
 	p = c.resolvePath(p)
-	if err := fsops.MkdirAll(filepath.Dir(p), owner); err != nil {
+	type opened struct {
+		f       *os.File
+		created bool
+	}
+	o, err := fsops.As(c.fs, func() (opened, error) {
+		if err := fsops.MkdirAll(filepath.Dir(p)); err != nil {
+			return opened{}, err
+		}
+		_, statErr := os.Lstat(p)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			if errors.Is(err, syscall.EISDIR) {
+				return opened{}, fmt.Errorf("%w: %s is a directory", fsops.ErrInvalid, p)
+			}
+			return opened{}, fmt.Errorf("open %s for writing: %w", p, err)
+		}
+		return opened{f, errors.Is(statErr, os.ErrNotExist)}, nil
+	})
+	if err != nil {
 		return fileInfo{}, err
 	}
-	_, statErr := os.Lstat(p)
-	created := errors.Is(statErr, os.ErrNotExist)
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		if errors.Is(err, syscall.EISDIR) {
-			return fileInfo{}, fmt.Errorf("%w: %s is a directory", fsops.ErrInvalid, p)
-		}
-		return fileInfo{}, fmt.Errorf("open %s for writing: %w", p, err)
-	}
-	if created && owner != nil {
-		if err := f.Chown(int(owner.UID), int(owner.GID)); err != nil {
-			_ = f.Close()
-			return fileInfo{}, fmt.Errorf("give %s to uid %d: %w", p, owner.UID, err)
-		}
-	}
-	_, err = io.Copy(f, clientReader{src})
-	if cerr := f.Close(); err == nil {
+	_, err = io.Copy(o.f, clientReader{src})
+	if cerr := o.f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		if created {
-			_ = os.Remove(p) // no half-written new file
+		if o.created {
+			// No half-written new file. Removed as the user too: meanwhile
+			// the user's processes may have swapped a parent directory for a
+			// symlink to somewhere only root may write.
+			_ = fsops.Run(c.fs, func() error { return os.Remove(p) })
 		}
 		return fileInfo{}, fmt.Errorf("write %s: %w", p, err)
 	}

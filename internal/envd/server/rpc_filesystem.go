@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 
 	"connectrpc.com/connect"
@@ -38,19 +37,6 @@ func fsError(err error) error {
 		code = connect.CodePermissionDenied
 	}
 	return connect.NewError(code, err)
-}
-
-// fsCaller resolves the request's user and the owner for what it creates.
-func (f *filesystemService) fsCaller(h http.Header) (caller, *fsops.Owner, error) {
-	c, err := f.s.callerOf(h)
-	if err != nil {
-		return caller{}, nil, err
-	}
-	var owner *fsops.Owner
-	if os.Geteuid() == 0 && c.user.UID != 0 {
-		owner = &fsops.Owner{UID: c.user.UID, GID: c.user.GID}
-	}
-	return c, owner, nil
 }
 
 func (f *filesystemService) path(c caller, field, p string) (string, error) {
@@ -93,7 +79,7 @@ func (f *filesystemService) names() account.Names {
 }
 
 func (f *filesystemService) Stat(_ context.Context, req *connect.Request[fspb.StatRequest]) (*connect.Response[fspb.StatResponse], error) {
-	c, _, err := f.fsCaller(req.Header())
+	c, err := f.s.callerOf(req.Header())
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -101,7 +87,7 @@ func (f *filesystemService) Stat(_ context.Context, req *connect.Request[fspb.St
 	if err != nil {
 		return nil, fsError(err)
 	}
-	e, err := fsops.Stat(p)
+	e, err := fsops.As(c.fs, func() (fsops.Entry, error) { return fsops.Stat(p) })
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -109,7 +95,7 @@ func (f *filesystemService) Stat(_ context.Context, req *connect.Request[fspb.St
 }
 
 func (f *filesystemService) MakeDir(_ context.Context, req *connect.Request[fspb.MakeDirRequest]) (*connect.Response[fspb.MakeDirResponse], error) {
-	c, owner, err := f.fsCaller(req.Header())
+	c, err := f.s.callerOf(req.Header())
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -117,7 +103,7 @@ func (f *filesystemService) MakeDir(_ context.Context, req *connect.Request[fspb
 	if err != nil {
 		return nil, fsError(err)
 	}
-	e, err := fsops.MakeDir(p, owner)
+	e, err := fsops.As(c.fs, func() (fsops.Entry, error) { return fsops.MakeDir(p) })
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -125,7 +111,7 @@ func (f *filesystemService) MakeDir(_ context.Context, req *connect.Request[fspb
 }
 
 func (f *filesystemService) Move(_ context.Context, req *connect.Request[fspb.MoveRequest]) (*connect.Response[fspb.MoveResponse], error) {
-	c, owner, err := f.fsCaller(req.Header())
+	c, err := f.s.callerOf(req.Header())
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -137,7 +123,7 @@ func (f *filesystemService) Move(_ context.Context, req *connect.Request[fspb.Mo
 	if err != nil {
 		return nil, fsError(err)
 	}
-	e, err := fsops.Move(src, dst, owner)
+	e, err := fsops.As(c.fs, func() (fsops.Entry, error) { return fsops.Move(src, dst) })
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -149,7 +135,7 @@ func (f *filesystemService) Move(_ context.Context, req *connect.Request[fspb.Mo
 const maxListDepth = 64
 
 func (f *filesystemService) ListDir(_ context.Context, req *connect.Request[fspb.ListDirRequest]) (*connect.Response[fspb.ListDirResponse], error) {
-	c, _, err := f.fsCaller(req.Header())
+	c, err := f.s.callerOf(req.Header())
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -158,7 +144,7 @@ func (f *filesystemService) ListDir(_ context.Context, req *connect.Request[fspb
 		return nil, fsError(err)
 	}
 	depth := int(min(req.Msg.GetDepth(), maxListDepth))
-	entries, err := fsops.ListDir(p, depth)
+	entries, err := fsops.As(c.fs, func() ([]fsops.Entry, error) { return fsops.ListDir(p, depth) })
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -171,7 +157,7 @@ func (f *filesystemService) ListDir(_ context.Context, req *connect.Request[fspb
 }
 
 func (f *filesystemService) Remove(_ context.Context, req *connect.Request[fspb.RemoveRequest]) (*connect.Response[fspb.RemoveResponse], error) {
-	c, _, err := f.fsCaller(req.Header())
+	c, err := f.s.callerOf(req.Header())
 	if err != nil {
 		return nil, fsError(err)
 	}
@@ -179,7 +165,7 @@ func (f *filesystemService) Remove(_ context.Context, req *connect.Request[fspb.
 	if err != nil {
 		return nil, fsError(err)
 	}
-	if err := fsops.Remove(p); err != nil {
+	if err := fsops.Run(c.fs, func() error { return fsops.Remove(p) }); err != nil {
 		return nil, fsError(err)
 	}
 	return connect.NewResponse(&fspb.RemoveResponse{}), nil

@@ -81,7 +81,9 @@ func (f *filesystemService) newWatcher(h http.Header, path string, recursive boo
 	if err != nil {
 		return nil, fsError(err)
 	}
-	w, err := watch.New(p, recursive)
+	// Watches are added as the user, so only directories the user may
+	// read are watched; directories created later are added by envd.
+	w, err := fsops.As(c.fs, func() (*watch.Watcher, error) { return watch.New(p, recursive) })
 	if err != nil {
 		return nil, watchError(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"connectrpc.com/connect"
@@ -58,6 +59,7 @@ type Server struct {
 	procs    *process.Manager
 	state    state
 	watchers watchers
+	root     bool // envd runs as root and can act as any user
 }
 
 // New returns a Server ready to be served.
@@ -83,6 +85,7 @@ func New(opts Options) *Server {
 	return &Server{
 		log:   opts.Logger,
 		opts:  opts,
+		root:  os.Geteuid() == 0,
 		procs: process.NewManager(opts.Logger, opts.Process),
 		state: state{envs: map[string]string{}},
 	}

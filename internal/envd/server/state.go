@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/envd/account"
+	"github.com/wrenn/wrenn/internal/envd/fsops"
 )
 
 // state is what /init sets. The token is kept as its SHA-256 so comparison
@@ -202,6 +203,10 @@ type caller struct {
 	user    account.User
 	workdir string // "" means the user's home
 	envs    map[string]string
+	// fs is who the caller's file operations run as (see fsops.As): the
+	// user, unless the user is root or envd cannot switch users because
+	// it is not root itself (standalone on a developer's machine).
+	fs *fsops.Identity
 }
 
 // callerOf resolves the user of a request: the Basic header's, else /init's
@@ -226,7 +231,11 @@ func (s *Server) callerOf(h http.Header) (caller, error) {
 		}
 		return caller{}, fmt.Errorf("resolve user %q: %w", name, err)
 	}
-	return caller{user: u, workdir: workdir, envs: envs}, nil
+	c := caller{user: u, workdir: workdir, envs: envs}
+	if u.UID != 0 && s.root {
+		c.fs = &fsops.Identity{UID: u.UID, GID: u.GID, Groups: u.Groups}
+	}
+	return c, nil
 }
 
 // resolvePath makes p absolute for the caller: "~" and "~/x" are in the
