@@ -44,3 +44,7 @@ func hasCap(bit uint) bool {
 	}
 	return true
 }
+
+// canLowerOOMScore reports whether the runtime (our child) may give a
+// sandbox's init a negative oom_score_adj, which needs CAP_SYS_RESOURCE.
+func canLowerOOMScore() bool { return hasCap(capSysResource) }

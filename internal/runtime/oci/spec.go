@@ -30,6 +30,7 @@ type ociProc struct {
 	Capabilities    ociCaps     `json:"capabilities"`
 	Rlimits         []ociRlimit `json:"rlimits"`
 	NoNewPrivileges bool        `json:"noNewPrivileges"`
+	OOMScoreAdj     *int        `json:"oomScoreAdj,omitempty"`
 }
 
 type ociUser struct {
@@ -245,6 +246,17 @@ func (d *Driver) HostPids(pids int64) int64 {
 	return pids + d.cfg.PidsOverhead
 }
 
+// InitOOMScoreAdj is the sandbox init's oom_score_adj on runtimes whose
+// sandboxes run on the host kernel (runc): wrenn-init and envd, which
+// inherits it, are never the OOM killer's choice when the sandbox reaches its
+// memory limit; envd raises what it starts to +100. Only the runtime can set
+// it: lowering oom_score_adj needs CAP_SYS_RESOURCE, which the sandbox lacks
+// (and where the agent lacks it too, as on some container hosts, the spec
+// asks for nothing, or runc would fail every create). gVisor gets none:
+// there it would shield the Sentry, which holds the guest's memory, from the
+// host's OOM killer.
+const InitOOMScoreAdj = -1000
+
 // sandboxSpec is buildSpec with the driver's limits: the runtime's headroom
 // on the host cgroup's memory and pids (limits of 0 mean none and stay
 // none), and the pids limit as RLIMIT_NPROC inside where the runtime's own
@@ -269,6 +281,10 @@ func (d *Driver) sandboxSpec(s runtime.Spec) (ociSpec, error) {
 	}
 	if nproc > 0 {
 		spec.Process.Rlimits = append(spec.Process.Rlimits, ociRlimit{Type: "RLIMIT_NPROC", Hard: nproc, Soft: nproc})
+	}
+	if d.cfg.Name != RunscName && canLowerOOMScore() {
+		adj := InitOOMScoreAdj
+		spec.Process.OOMScoreAdj = &adj
 	}
 	return spec, nil
 }
