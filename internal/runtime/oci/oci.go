@@ -62,6 +62,16 @@ type Config struct {
 	// PidsOverhead), so a fork bomb stops inside before the runtime itself
 	// runs out of tasks. See HostPids.
 	PidsPerTask int64
+	// OOMGuard is the host path of a static oomguard binary (package
+	// oomguard). When set, a sandbox with a memory limit runs its init under
+	// it: for a runtime with no OOM killer of its own (gVisor), it kills the
+	// largest process once the guest's memory passes Spec.MemoryMB, and the
+	// host cgroup gets OOMHeadroomMB more so that it acts first.
+	OOMGuard string
+	// OOMHeadroomMB is how far a guarded sandbox may overshoot its limit
+	// before the host cgroup stops it: what the guard's poll and a single
+	// allocation in flight can add.
+	OOMHeadroomMB uint32
 	// MemoryOverheadMB is added to every sandbox's memory limit for the
 	// same reason: runsc's Sentry (about 40 MB resident) is charged to the
 	// sandbox's memory cgroup beside the workload.

@@ -3,7 +3,9 @@ package oci
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
+	"path/filepath"
 
 	"github.com/wrenn/wrenn/internal/runtime"
 )
@@ -41,8 +43,38 @@ const RunscPidsPerTask = 16
 // limit meets the host's memory cgroup, whose OOM kill of any of the
 // sandbox's host tasks (Sentry, gofer or a ptrace stub) stops the whole
 // sandbox. The headroom keeps the Sentry from dying before the workload has
-// used what it asked for.
+// used what it asked for; the OOM guard (RunscOOMGuardName) keeps a process
+// that goes over from taking the sandbox with it.
 const RunscMemoryOverheadMB = 64
+
+// RunscOOMHeadroomMB is how far the guest of a guarded gVisor sandbox may
+// go past its limit before the host cgroup stops the sandbox: the guard
+// polls every 10 ms, and a process growing its memory page by page added
+// about 24 MB in one poll here. One system call that fills more than this at
+// once (a read of 256 MB into a fresh buffer in a 48 MB sandbox) completes
+// before gVisor delivers the guard's SIGKILL, so it still reaches the host
+// limit, which holds, and stops the whole sandbox.
+const RunscOOMHeadroomMB = 64
+
+// RunscOOMGuardName is the file name of the oomguard binary (package
+// oomguard, built static) that Runsc looks for beside the running
+// executable and then in PATH.
+const RunscOOMGuardName = "wrenn-oomguard"
+
+// FindOOMGuard returns the path of RunscOOMGuardName beside the running
+// executable or in PATH, "" if there is none.
+func FindOOMGuard() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), RunscOOMGuardName)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(RunscOOMGuardName); err == nil {
+		return p
+	}
+	return ""
+}
 
 // RunscHideNetSysctls is the argv prefix every runsc command runs under on
 // kernels where Debian's runsc build refuses networked sandboxes ("cannot run
@@ -61,8 +93,10 @@ var RunscHideNetSysctls = []string{
 // Runsc returns the Config that runs sandboxes under gVisor: runsc with the
 // ptrace platform (the only one that works without KVM or a nested-virt
 // capable kernel), the /proc/sys/net workaround, its own state root, the
-// pids limit enforced inside (RunscPidsPerTask) and the pids and memory
-// headroom of RunscPidsOverhead and RunscMemoryOverheadMB.
+// pids limit enforced inside (RunscPidsPerTask), the OOM guard FindOOMGuard
+// finds with RunscOOMHeadroomMB, and the pids and memory headroom of
+// RunscPidsOverhead and RunscMemoryOverheadMB. Without a guard a process
+// that goes over the memory limit stops the whole sandbox; Runsc warns.
 // Stats come from the sandbox's host cgroup, as for runc: cheap (no runsc
 // process per sample) and what the host pays, so they include the Sentry's
 // and gofer's tasks and memory. Pause and resume are `runsc pause` and
@@ -70,6 +104,10 @@ var RunscHideNetSysctls = []string{
 // build refuses live TCP endpoints and restores without the network
 // interface, so it cannot back a pause that keeps the sandbox reachable.
 func Runsc(root string, logger *slog.Logger) Config {
+	guard := FindOOMGuard()
+	if guard == "" && logger != nil {
+		logger.Warn("no " + RunscOOMGuardName + " beside this executable or in PATH: a gVisor sandbox's process that goes over its memory limit stops the whole sandbox (build it with make)")
+	}
 	return Config{
 		Binary:           RunscName,
 		Name:             RunscName,
@@ -78,6 +116,8 @@ func Runsc(root string, logger *slog.Logger) Config {
 		Wrap:             append([]string(nil), RunscHideNetSysctls...),
 		PidsOverhead:     RunscPidsOverhead,
 		PidsPerTask:      RunscPidsPerTask,
+		OOMGuard:         guard,
+		OOMHeadroomMB:    RunscOOMHeadroomMB,
 		MemoryOverheadMB: RunscMemoryOverheadMB,
 		ResumeBeforeKill: true,
 		Logger:           logger,

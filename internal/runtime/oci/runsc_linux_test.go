@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,8 +42,10 @@ func newRunscDriver(t testing.TB) *Driver {
 		t.Fatal(err)
 	}
 	parent := "/wrenn-test-" + hex.EncodeToString(b)
-	cfg := Runsc(filepath.Join(t.TempDir(), "runsc"), slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	cfg := Runsc(filepath.Join(t.TempDir(), "runsc"), nil)
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.CgroupParent = parent
+	cfg.OOMGuard = buildOOMGuard(t)
 	d, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -70,4 +73,18 @@ func TestRunscConformance(t *testing.T) {
 	if len(ids) != 0 {
 		t.Fatalf("runsc still lists %v", ids)
 	}
+}
+
+// buildOOMGuard builds this tree's oomguard, static, into a test
+// directory: the guard the driver's sandboxes run must be the code under
+// test, not whatever an earlier build left in PATH.
+func buildOOMGuard(t testing.TB) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), RunscOOMGuardName)
+	cmd := exec.Command("go", "build", "-o", out, "github.com/wrenn/wrenn/internal/runtime/oci/oomguard")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build oomguard: %v\n%s", err, b)
+	}
+	return out
 }

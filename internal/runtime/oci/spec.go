@@ -2,7 +2,11 @@ package oci
 
 import (
 	"fmt"
+	"os"
+	"path"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/wrenn/wrenn/internal/runtime"
@@ -266,13 +270,23 @@ const InitOOMScoreAdj = -1000
 // Spec.Pids tasks of its user while the host cgroup, sized by HostPids, is
 // never reached; reaching it would kill the Sentry and with it the whole
 // sandbox, envd included.
+//
+// With an OOM guard (Config.OOMGuard) and a memory limit, the init runs
+// under the guard, bind-mounted read-only into the sandbox's /dev tmpfs (so
+// nothing is added to the root disk), and the host cgroup gets
+// OOMHeadroomMB more memory so the guard kills first.
 func (d *Driver) sandboxSpec(s runtime.Spec) (ociSpec, error) {
 	nproc := uint64(0)
 	if s.Pids > 0 && d.cfg.PidsPerTask > 0 {
 		nproc = uint64(s.Pids)
 	}
 	s.Pids = d.HostPids(s.Pids)
+	guardLimit := int64(0)
 	if s.MemoryMB > 0 {
+		if d.cfg.OOMGuard != "" {
+			guardLimit = int64(s.MemoryMB) << 20
+			s.MemoryMB += d.cfg.OOMHeadroomMB
+		}
 		s.MemoryMB += d.cfg.MemoryOverheadMB
 	}
 	spec, err := buildSpec(s, d.cfg.CgroupParent, d.nofile)
@@ -286,5 +300,90 @@ func (d *Driver) sandboxSpec(s runtime.Spec) (ociSpec, error) {
 		adj := InitOOMScoreAdj
 		spec.Process.OOMScoreAdj = &adj
 	}
+	if guardLimit > 0 {
+		// The runtime can no longer tell that the init is missing (the guard
+		// starts and only then fails to run it), so the driver checks.
+		if err := checkExecutable(s.RootFS, spec.Process.Args[0], spec.Process.Env); err != nil {
+			return ociSpec{}, fmt.Errorf("init: %w", err)
+		}
+		spec.Mounts = append(spec.Mounts, ociMnt{
+			Destination: guardPath, Type: "bind", Source: d.cfg.OOMGuard,
+			Options: []string{"bind", "ro", "nosuid", "nodev"},
+		})
+		spec.Process.Args = append([]string{guardPath, "-limit", strconv.FormatInt(guardLimit, 10), "--"}, spec.Process.Args...)
+	}
 	return spec, nil
+}
+
+// guardPath is where the OOM guard appears inside a sandbox: in the /dev
+// tmpfs, so its mount point never lands on the sandbox's disk.
+const guardPath = "/dev/.wrenn-oomguard"
+
+// checkExecutable reports whether name, the init's argv[0], is an
+// executable file in root, looked up the way the guard's exec will: a name
+// without a slash along the spec's PATH.
+func checkExecutable(root, name string, env []string) error {
+	candidates := []string{name}
+	if !strings.Contains(name, "/") {
+		candidates = nil
+		for _, kv := range env {
+			if dirs, ok := strings.CutPrefix(kv, "PATH="); ok {
+				for _, dir := range filepath.SplitList(dirs) {
+					candidates = append(candidates, path.Join(dir, name))
+				}
+			}
+		}
+	}
+	for _, c := range candidates {
+		host, err := resolveInRoot(root, c)
+		if err != nil {
+			continue
+		}
+		if fi, err := os.Stat(host); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not an executable file in the root filesystem", name)
+}
+
+// resolveInRoot turns p, a path as the sandbox sees it, into the host path
+// of what it names in root: symlinks are followed, absolute ones against
+// root, and ".." never climbs above root. The last component is resolved
+// too, so the result is never a symlink.
+func resolveInRoot(root, p string) (string, error) {
+	rest := strings.Split(p, "/")
+	cur := "/"
+	for links := 0; len(rest) > 0; {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = path.Dir(cur)
+			continue
+		}
+		next := path.Join(cur, c)
+		host := filepath.Join(root, next)
+		fi, err := os.Lstat(host)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if links++; links > 40 {
+			return "", fmt.Errorf("%s: too many levels of symbolic links", p)
+		}
+		target, err := os.Readlink(host)
+		if err != nil {
+			return "", err
+		}
+		if path.IsAbs(target) {
+			cur = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return filepath.Join(root, cur), nil
 }

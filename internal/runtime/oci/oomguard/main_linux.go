@@ -1,0 +1,165 @@
+// Command oomguard is the OOM killer a gVisor sandbox lacks. gVisor keeps
+// the guest's memory in its Sentry's memory file, charged to the sandbox's
+// host cgroup as a whole, and enforces no limit of its own (gVisor issue
+// 1967): a process that goes over the sandbox's memory limit meets the
+// host's memory cgroup, whose OOM kill of any of the sandbox's host tasks
+// (the Sentry, the gofer or a ptrace stub) stops the whole sandbox, envd
+// included.
+//
+// The runsc driver therefore starts every sandbox with a memory limit under
+// oomguard, as its PID 1, with the sandbox's init as its only child:
+//
+//	oomguard -limit BYTES -- INIT [ARGS...]
+//
+// It polls the guest kernel's memory use (/proc/meminfo) and, as soon as
+// it passes the limit, SIGKILLs the process with the largest resident set
+// weighed by its oom_score_adj, never itself, the init or a process at
+// -1000, the way Linux's OOM killer picks a victim. The host cgroup, which stays the
+// host's protection, is set above the limit by the driver's headroom so
+// that the guard acts first. Otherwise oomguard is a plain init: it
+// forwards termination signals to the init, reaps orphans and exits with
+// the init's status.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wrenn/wrenn/internal/envd/pid1"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "oomguard")
+	fs := flag.NewFlagSet("oomguard", flag.ContinueOnError)
+	limit := fs.Int64("limit", 0, "the sandbox's memory limit in bytes")
+	interval := fs.Duration("interval", 10*time.Millisecond, "how often to read the memory use")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *limit <= 0 || *interval <= 0 || fs.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: oomguard -limit BYTES [-interval D] -- INIT [ARGS...]")
+		return 2
+	}
+	init := fs.Args()
+
+	sigs := make(chan os.Signal, 32)
+	// Before the start, so the init's exit cannot slip past unnoticed.
+	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
+	cmd := exec.Command(init[0], init[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// cmd.Wait is never called: the wait4(-1) loop below reaps the init too.
+	if err := cmd.Start(); err != nil {
+		log.Error("start init", "path", init[0], "error", err)
+		return 127
+	}
+	child := cmd.Process.Pid
+
+	g := &guard{
+		proc:    "/proc",
+		limit:   *limit,
+		protect: map[int]bool{os.Getpid(): true, child: true},
+		log:     log,
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go g.watch(*interval, stop)
+
+	for sig := range sigs {
+		if sig != unix.SIGCHLD {
+			if err := unix.Kill(child, sig.(syscall.Signal)); err != nil {
+				log.Warn("forward signal to init", "signal", sig.String(), "error", err)
+			}
+			continue
+		}
+		// SIGCHLDs coalesce: reap until nothing is left to reap.
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil || pid <= 0 {
+				break
+			}
+			if pid == child {
+				return pid1.ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))
+			}
+		}
+	}
+	return 1
+}
+
+// watch checks the memory use every interval until stop is closed. After a
+// kill it waits for the victim to be gone before choosing another, so one
+// overrun costs one process, as with Linux's OOM killer.
+func (g *guard) watch(interval time.Duration, stop <-chan struct{}) {
+	meminfo, err := os.Open(g.proc + "/meminfo")
+	if err != nil {
+		g.log.Error("no memory accounting to guard", "error", err)
+		return
+	}
+	defer meminfo.Close()
+	buf := make([]byte, 4096)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	victim, killedAt := 0, time.Time{}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		if victim != 0 {
+			// A victim still there after a second is chosen among the
+			// rest again (it may be chosen, and killed, once more).
+			if alive(g.proc, victim) && time.Since(killedAt) < time.Second {
+				continue
+			}
+			victim = 0
+		}
+		n, err := meminfo.ReadAt(buf, 0)
+		if n == 0 && err != nil {
+			g.log.Error("read meminfo", "error", err)
+			return
+		}
+		used, err := memUsed(buf[:n])
+		if err != nil {
+			g.log.Error("parse meminfo", "error", err)
+			return
+		}
+		if used <= g.limit {
+			continue
+		}
+		victim, killedAt = g.kill(used), time.Now()
+	}
+}
+
+// kill SIGKILLs the largest eligible process and returns its pid, 0 if
+// none could be killed.
+func (g *guard) kill(used int64) int {
+	v, err := g.pick()
+	if err != nil {
+		g.log.Error("over the memory limit, but no process to kill", "used", used, "limit", g.limit, "error", err)
+		return 0
+	}
+	if err := unix.Kill(v.pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+		g.log.Error("kill", "pid", v.pid, "error", err)
+		return 0
+	}
+	g.log.Warn("out of memory: killed process", "pid", v.pid, "comm", v.comm, "rss", v.rss,
+		"used", used, "limit", g.limit)
+	return v.pid
+}
