@@ -68,6 +68,10 @@ func (h Hierarchy) dir(cg string) string {
 	return filepath.Join(h.Mount, filepath.FromSlash(cg))
 }
 
+// Dir returns the directory of the absolute cgroup path cg in h, whether
+// or not it exists.
+func (h Hierarchy) Dir(cg string) string { return h.dir(cg) }
+
 func (h Hierarchy) has(controller string) bool {
 	return slices.Contains(h.Controllers, controller)
 }
