@@ -26,12 +26,12 @@ SQLC_VERSION                  := v1.31.1
 IS_ROOT := $(filter 0,$(shell id -u))
 
 .PHONY: all build run test test-unit image generate tools bench lint vet fmt-check clean \
-	bin/wrenn-cp bin/wrenn-agent bin/wrenn bin/envd bin/wrenn-init
+	bin/wrenn-cp bin/wrenn-agent bin/wrenn bin/envd bin/wrenn-init bin/wrenn-oomguard
 
 all: build
 
-## build: the five binaries into bin/ (envd and wrenn-init static, no cgo)
-build: bin/wrenn-cp bin/wrenn-agent bin/wrenn bin/envd bin/wrenn-init
+## build: the binaries into bin/ (envd, wrenn-init and wrenn-oomguard static, no cgo)
+build: bin/wrenn-cp bin/wrenn-agent bin/wrenn bin/envd bin/wrenn-init bin/wrenn-oomguard
 
 # The Go build cache makes these cheap when nothing changed, so they are
 # phony and always delegate to go build rather than guessing at dependencies.
@@ -49,6 +49,10 @@ bin/envd:
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $@ ./cmd/envd
 bin/wrenn-init:
 	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $@ ./cmd/wrenn-init
+# The OOM killer gVisor sandboxes lack, bind-mounted into each one; the runsc
+# driver finds it beside wrenn-agent.
+bin/wrenn-oomguard:
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o $@ ./internal/runtime/oci/oomguard
 
 ## run: install what is missing, build, and run the platform in the foreground
 run:

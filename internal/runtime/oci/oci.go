@@ -62,6 +62,10 @@ type Config struct {
 	// PidsOverhead), so a fork bomb stops inside before the runtime itself
 	// runs out of tasks. See HostPids.
 	PidsPerTask int64
+	// HostPidsCap bounds what PidsPerTask grants: the host cgroup's limit
+	// never passes max(Spec.Pids, HostPidsCap) plus PidsOverhead. 0 is no
+	// bound.
+	HostPidsCap int64
 	// OOMGuard is the host path of a static oomguard binary (package
 	// oomguard). When set, a sandbox with a memory limit runs its init under
 	// it: for a runtime with no OOM killer of its own (gVisor), it kills the
@@ -123,8 +127,9 @@ func New(cfg Config) (*Driver, error) {
 	if !strings.HasPrefix(cfg.CgroupParent, "/") {
 		return nil, fmt.Errorf("cgroup parent %q must start with /", cfg.CgroupParent)
 	}
-	if cfg.PidsOverhead < 0 || cfg.PidsPerTask < 0 {
-		return nil, fmt.Errorf("pids overhead %d or pids per task %d is negative", cfg.PidsOverhead, cfg.PidsPerTask)
+	if cfg.PidsOverhead < 0 || cfg.PidsPerTask < 0 || cfg.HostPidsCap < 0 {
+		return nil, fmt.Errorf("pids overhead %d, pids per task %d or host pids cap %d is negative",
+			cfg.PidsOverhead, cfg.PidsPerTask, cfg.HostPidsCap)
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = DefaultStopTimeout

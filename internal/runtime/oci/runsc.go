@@ -34,6 +34,14 @@ const RunscPidsOverhead = 128
 // sandbox.
 const RunscPidsPerTask = 16
 
+// RunscHostPidsCap bounds the host tasks RunscPidsPerTask grants (see
+// HostPids): a gVisor sandbox's host cgroup allows at most max(Spec.Pids,
+// 4096) of them, so a large Spec.Pids (the agent's 4096) costs the host no
+// more than a runc sandbox of that limit would, on hosts whose pid_max is
+// 32768. Such a sandbox's fork bomb stops at the host limit, with the
+// sandbox, rather than inside.
+const RunscHostPidsCap = 4096
+
 // RunscMemoryOverheadMB is the memory headroom of a gVisor sandbox: the
 // Sentry's own resident memory (about 40 MB) is charged to the sandbox's
 // memory cgroup, and the guest's memory too (as the Sentry's memory file).
@@ -116,6 +124,7 @@ func Runsc(root string, logger *slog.Logger) Config {
 		Wrap:             append([]string(nil), RunscHideNetSysctls...),
 		PidsOverhead:     RunscPidsOverhead,
 		PidsPerTask:      RunscPidsPerTask,
+		HostPidsCap:      RunscHostPidsCap,
 		OOMGuard:         guard,
 		OOMHeadroomMB:    RunscOOMHeadroomMB,
 		MemoryOverheadMB: RunscMemoryOverheadMB,

@@ -20,7 +20,7 @@ func runscFixture(t *testing.T) fixture {
 		c.Binary, c.Name, c.Root = rc.Binary, rc.Name, rc.Root
 		c.GlobalArgs, c.Wrap = rc.GlobalArgs, rc.Wrap
 		c.PidsOverhead, c.MemoryOverheadMB, c.ResumeBeforeKill = rc.PidsOverhead, rc.MemoryOverheadMB, rc.ResumeBeforeKill
-		c.PidsPerTask = rc.PidsPerTask
+		c.PidsPerTask, c.HostPidsCap = rc.PidsPerTask, rc.HostPidsCap
 	})
 }
 

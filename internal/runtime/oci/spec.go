@@ -239,13 +239,19 @@ func buildSpec(s runtime.Spec, cgroupParent string, nofile uint64) (ociSpec, err
 // HostPids is the pids limit the sandbox's host cgroup gets for a workload
 // limit of pids (0, no limit, stays 0): pids plus the runtime's own tasks,
 // or, where the sandbox's kernel enforces pids itself (Config.PidsPerTask),
-// the host tasks that many guest tasks may cost.
+// the host tasks that many guest tasks may cost, but never more than
+// max(pids, Config.HostPidsCap) of them: the host pays at most what a runc
+// sandbox of the same or a HostPidsCap limit would.
 func (d *Driver) HostPids(pids int64) int64 {
 	switch {
 	case pids <= 0:
 		return 0
 	case d.cfg.PidsPerTask > 0:
-		return pids*d.cfg.PidsPerTask + d.cfg.PidsOverhead
+		host := pids * d.cfg.PidsPerTask
+		if d.cfg.HostPidsCap > 0 {
+			host = min(host, max(pids, d.cfg.HostPidsCap))
+		}
+		return host + d.cfg.PidsOverhead
 	}
 	return pids + d.cfg.PidsOverhead
 }
