@@ -34,6 +34,15 @@ const EnvdVersion = "0.5.7"
 // heartbeatInterval is how often the agent tells the control plane it lives.
 const heartbeatInterval = 30 * time.Second
 
+// diskPoolSize is how many disks of the default size the agent keeps
+// formatted (a sparse 1 GiB one takes under 1 MiB of the host's disk), and
+// diskPoolWarm how long a start may spend filling the pool before it
+// registers; the rest fills in the background.
+const (
+	diskPoolSize = 32
+	diskPoolWarm = 5 * time.Second
+)
+
 // Run is the host agent: it recovers the sandboxes a previous agent left,
 // registers with the control plane, and serves RPCs until ctx ends.
 func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
@@ -92,6 +101,15 @@ func Run(ctx context.Context, cfg config.Agent, stderr io.Writer) error {
 	// After Recover: a template that re-adopted sandboxes use is mounted
 	// and must not be resized under them (EnsureSize refuses with ErrBusy).
 	growTemplates(ctx, images, filepath.Join(cfg.Dir, "images"), cfg.DefaultDiskMB<<20, log)
+	// Before registering, so the first creates find formatted disks.
+	if err := images.StartDiskPool(ctx, cfg.DefaultDiskMB<<20, diskPoolSize, diskPoolWarm); err != nil {
+		log.Warn("start disk pool; creates format their own disks", "err", err)
+	}
+	defer func() {
+		if err := images.Close(); err != nil {
+			log.Warn("remove disk pool", "err", err)
+		}
+	}()
 
 	mux := http.NewServeMux()
 	sampler := NewMetricsSampler(mgr, reporter, 0, 0)

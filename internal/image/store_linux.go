@@ -42,6 +42,7 @@ type Store struct {
 	mu        sync.Mutex
 	templates map[string]*templateState
 	active    map[string]bool // sandbox ids with a RootFS held in this process
+	pool      *diskPool       // formatted disks; nil until StartDiskPool
 }
 
 // templateState counts the sandboxes using one template mount. Its mutex
@@ -212,21 +213,15 @@ func (s *Store) Prepare(ctx context.Context, sandboxID, template string, diskByt
 		undo = append(undo, func() error { return removeIfExists(dir) })
 	}
 	disk := filepath.Join(dir, diskFile)
-	f, err := os.OpenFile(disk, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("create disk %s: %w", disk, err)
+	if !s.takePooledDisk(diskBytes, disk) {
+		if err := formatDisk(ctx, disk, diskBytes); err != nil {
+			if !errors.Is(err, os.ErrExist) {
+				_ = removeIfExists(disk)
+			}
+			return nil, fmt.Errorf("disk of %s: %w", sandboxID, err)
+		}
 	}
 	undo = append(undo, func() error { return removeIfExists(disk) })
-	err = f.Truncate(int64(diskBytes))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("size disk %s to %d bytes: %w", disk, diskBytes, err)
-	}
-	if err := run(ctx, "mkfs.ext4", "-q", "-b", "4096", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", disk); err != nil {
-		return nil, fmt.Errorf("format disk of %s: %w", sandboxID, err)
-	}
 
 	diskDir := filepath.Join(dir, diskMount)
 	if err := os.Mkdir(diskDir, 0o700); err != nil {
