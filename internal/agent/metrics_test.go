@@ -40,8 +40,9 @@ func (r *statsRuntime) set(cpu time.Duration, mem uint64) {
 	r.mu.Unlock()
 }
 
-func TestMetricsSampler(t *testing.T) {
-	t.Parallel()
+// statsRig is a rig whose manager runs on a statsRuntime.
+func statsRig(t *testing.T) (*rig, *statsRuntime, *Manager) {
+	t.Helper()
 	r := newRig(t, nil)
 	srt := &statsRuntime{fakeRuntime: r.rt}
 	opts := r.opts
@@ -50,6 +51,12 @@ func TestMetricsSampler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r, srt, m
+}
+
+func TestMetricsSampler(t *testing.T) {
+	t.Parallel()
+	r, srt, m := statsRig(t)
 	ctx := context.Background()
 	sid := newID()
 	if _, err := m.Create(ctx, createReq(sid, time.Hour)); err != nil {
@@ -176,14 +183,7 @@ func (f *flushRecorder) count() int {
 
 func TestMetricsFlushedBeforePauseAndDestroy(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, nil)
-	srt := &statsRuntime{fakeRuntime: r.rt}
-	opts := r.opts
-	opts.Runtime = srt
-	m, err := NewManager(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, srt, m := statsRig(t)
 	rec := &flushRecorder{}
 	srv := httptest.NewServer(rec)
 	t.Cleanup(srv.Close)

@@ -75,21 +75,12 @@ func (ev hostEvent) target(cur lifecycle.Status) (to lifecycle.Status, msg strin
 // recorded in the same transaction as the transition, so a retried delivery
 // changes nothing and a failed one can be retried.
 func (a *API) hostSandboxEvent(w http.ResponseWriter, r *http.Request) {
-	token := bearer(r)
-	if token == "" {
-		a.fail(w, r, unauthorized("missing host token: send Authorization: Bearer <host_token>"))
+	host, err := a.hostByToken(r)
+	if err != nil {
+		a.fail(w, r, err)
 		return
 	}
 	ctx := r.Context()
-	host, err := a.q.GetHostByTokenHash(ctx, ptr(hashSecret(token)))
-	if isNoRows(err) {
-		a.fail(w, r, unauthorized("invalid host token"))
-		return
-	}
-	if err != nil {
-		a.fail(w, r, fmt.Errorf("look up host token: %w", err))
-		return
-	}
 	var ev hostEvent
 	if err := decode(r, &ev); err != nil {
 		a.fail(w, r, err)

@@ -55,7 +55,7 @@ func BenchmarkIdleDensity(b *testing.B) {
 	))
 	b.Cleanup(func() {
 		if b.Failed() {
-			b.Logf("host agent says:\n%s", s.agent.tail())
+			b.Logf("host agent's warnings and errors:\n%s\nlast lines:\n%s", problems(s.agent.log, 60), s.agent.tail())
 		}
 	})
 	before := snapshotResources(b, s.dir)
@@ -475,4 +475,18 @@ func hostBusy() uint64 {
 		}
 	}
 	return busy * uint64(clockTick)
+}
+
+// problems returns up to max warning and error lines of a log file.
+func problems(path string, max int) string {
+	b, _ := os.ReadFile(path)
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			if out = append(out, line); len(out) == max {
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }
