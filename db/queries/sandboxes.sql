@@ -5,15 +5,29 @@
 -- (pgx.ErrNoRows). Every query filters by team_id.
 
 -- name: InsertSandbox :one
-INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec)
-VALUES ($1, $2, $3, $4, 'starting', $5, $6, $7, $8)
+-- Metadata defaults to none, internet access to allowed.
+INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, allow_internet)
+VALUES (sqlc.arg(id), sqlc.arg(team_id), sqlc.arg(host_id), sqlc.arg(template), 'starting',
+        sqlc.arg(vcpus), sqlc.arg(memory_mb), sqlc.arg(disk_mb), sqlc.arg(timeout_sec),
+        COALESCE(sqlc.narg(metadata)::jsonb, '{}'::jsonb), COALESCE(sqlc.narg(allow_internet)::boolean, true))
 RETURNING *;
 
 -- name: GetSandbox :one
 SELECT * FROM sandboxes WHERE id = $1 AND team_id = $2;
 
 -- name: ListSandboxes :many
-SELECT * FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC;
+-- A page of a team's sandboxes, newest first: with any of statuses (none:
+-- all), whose metadata contains every pair of the metadata filter, after
+-- the cursor (created_at, id) of the previous page's last row when one is
+-- given.
+SELECT * FROM sandboxes
+WHERE team_id = sqlc.arg(team_id)
+  AND (cardinality(sqlc.arg(statuses)::text[]) = 0 OR status = ANY(sqlc.arg(statuses)::text[]))
+  AND metadata @> sqlc.arg(metadata)::jsonb
+  AND (sqlc.narg(after_created_at)::timestamptz IS NULL
+       OR (created_at, id) < (sqlc.narg(after_created_at)::timestamptz, sqlc.arg(after_id)::text))
+ORDER BY created_at DESC, id DESC
+LIMIT sqlc.arg(max_rows);
 
 -- name: UpdateSandboxStatusIf :one
 UPDATE sandboxes

@@ -93,7 +93,7 @@ func BenchmarkList1000(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		start := time.Now()
-		r := e.do("GET", "/v1/sandboxes", key, nil)
+		r := e.do("GET", "/v1/sandboxes?limit=1000", key, nil)
 		lat = append(lat, time.Since(start))
 		if r.status != 200 {
 			b.Fatalf("list: %d %s", r.status, r.body)
@@ -101,7 +101,7 @@ func BenchmarkList1000(b *testing.B) {
 	}
 	b.StopTimer()
 	var list struct{ Sandboxes []Sandbox }
-	e.do("GET", "/v1/sandboxes", key, nil).decode(b, &list)
+	e.do("GET", "/v1/sandboxes?limit=1000", key, nil).decode(b, &list)
 	if len(list.Sandboxes) != 1000 {
 		b.Fatalf("listed %d sandboxes, want 1000", len(list.Sandboxes))
 	}

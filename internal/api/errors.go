@@ -8,6 +8,7 @@ import (
 
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
+	"github.com/wrenn/wrenn/pkg/service"
 	"github.com/wrenn/wrenn/pkg/validate"
 )
 
@@ -42,6 +43,20 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Cause }
+
+// Is makes the API's errors match the service's by their code, so an
+// extension calling pkg/service tests them with errors.Is.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case service.ErrNotFound:
+		return e.Code == CodeNotFound
+	case service.ErrConflict:
+		return e.Code == CodeConflict
+	case service.ErrNoCapacity:
+		return e.Status == http.StatusServiceUnavailable
+	}
+	return false
+}
 
 func invalid(field, format string, args ...any) *Error {
 	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidArgument, Message: field + ": " + fmt.Sprintf(format, args...)}

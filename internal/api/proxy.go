@@ -39,13 +39,6 @@ type portRoute struct {
 // traffic.
 const TrafficTokenHeader = "X-Wrenn-Traffic-Token"
 
-// createdJSON is the create answer: the sandbox, and a private sandbox's
-// traffic token, shown this once.
-type createdJSON struct {
-	Sandbox
-	TrafficToken string `json:"traffic_token,omitempty"`
-}
-
 // newTrafficToken makes sandboxID private: it stores a new token's hash and
 // returns the token.
 func (a *API) newTrafficToken(ctx context.Context, sandboxID string) (string, error) {

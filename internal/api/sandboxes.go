@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/id"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
+	"github.com/wrenn/wrenn/pkg/service"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // heartbeatWindow is how recent a host's heartbeat must be for placement
@@ -21,133 +24,41 @@ import (
 const heartbeatWindow = 90 * time.Second
 
 // Sandbox is a sandbox as the API shows it.
-type Sandbox struct {
-	ID          string     `json:"id"`
-	Template    string     `json:"template"`
-	Status      string     `json:"status"`
-	VCPUs       int        `json:"vcpus"`
-	MemoryMB    int        `json:"memory_mb"`
-	DiskMB      int64      `json:"disk_mb"`
-	TimeoutSec  int        `json:"timeout_sec"`
-	HostID      string     `json:"host_id"`
-	CreatedAt   time.Time  `json:"created_at"`
-	StartedAt   *time.Time `json:"started_at"`
-	StoppedAt   *time.Time `json:"stopped_at"`
-	Error       string     `json:"error,omitempty"`
-	EnvdVersion string     `json:"envd_version"`
-}
+type Sandbox = service.Sandbox
 
 func sandboxJSON(s db.Sandbox) Sandbox {
+	meta := map[string]string{}
+	// The column is a JSON object of strings by its check and by what
+	// writes it; a row that is not is shown without metadata.
+	_ = json.Unmarshal(s.Metadata, &meta)
 	return Sandbox{
 		ID: s.ID, Template: s.Template, Status: s.Status,
 		VCPUs: int(s.Vcpus), MemoryMB: int(s.MemoryMb), DiskMB: s.DiskMb, TimeoutSec: int(s.TimeoutSec),
+		Metadata: meta, AllowInternet: s.AllowInternet,
 		HostID: s.HostID, CreatedAt: s.CreatedAt, StartedAt: s.StartedAt, StoppedAt: s.StoppedAt,
 		Error: s.Error, EnvdVersion: s.EnvdVersion,
 	}
 }
 
-// createRequest is POST /v1/sandboxes. Pointers tell "absent" from zero.
-type createRequest struct {
-	Template   string `json:"template"`
-	VCPUs      *int   `json:"vcpus"`
-	MemoryMB   *int   `json:"memory_mb"`
-	DiskMB     *int   `json:"disk_mb"`
-	TimeoutSec *int   `json:"timeout_sec"`
-	// Private sandboxes need their traffic token on port traffic.
-	Private bool `json:"private"`
-}
-
-// Bounds of a sandbox's resources.
-const (
-	minVCPUs, maxVCPUs           = 1, 8
-	minMemoryMB, maxMemoryMB     = 128, 16384
-	minDiskMB, maxDiskMB         = 256, 1 << 20
-	minTimeoutSec, maxTimeoutSec = 1, 86400
-)
-
-func orDefault(p *int, def int) int {
-	if p == nil {
-		return def
-	}
-	return *p
-}
-
-func (req createRequest) validate() error {
-	if req.Template == "" {
-		return invalid("template", "is required (for example \"minimal\")")
-	}
-	if v := orDefault(req.VCPUs, 1); v < minVCPUs || v > maxVCPUs {
-		return invalid("vcpus", "must be between %d and %d, got %d", minVCPUs, maxVCPUs, v)
-	}
-	if v := orDefault(req.MemoryMB, 512); v < minMemoryMB || v > maxMemoryMB {
-		return invalid("memory_mb", "must be between %d and %d, got %d", minMemoryMB, maxMemoryMB, v)
-	}
-	if v := orDefault(req.DiskMB, 0); v != 0 && (v < minDiskMB || v > maxDiskMB) {
-		return invalid("disk_mb", "must be 0 (the host's default) or between %d and %d, got %d", minDiskMB, maxDiskMB, v)
-	}
-	if v := orDefault(req.TimeoutSec, 300); v < minTimeoutSec || v > maxTimeoutSec {
-		return invalid("timeout_sec", "must be between %d and %d, got %d", minTimeoutSec, maxTimeoutSec, v)
-	}
-	return nil
-}
-
 func (a *API) createSandbox(w http.ResponseWriter, r *http.Request) {
-	p := principal(r)
-	var req createRequest
+	var req service.CreateSandbox
 	if err := decode(r, &req); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if err := req.validate(); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	ctx := r.Context()
-	ok, err := a.q.TemplateVisible(ctx, db.TemplateVisibleParams{Name: req.Template, TeamID: p.TeamID})
-	if err != nil {
-		a.fail(w, r, fmt.Errorf("look up template: %w", err))
-		return
-	}
-	if !ok {
-		a.fail(w, r, invalid("template", "unknown template %q", req.Template))
-		return
-	}
-	sid := id.New(id.Sandbox)
-	var trafficToken string
-	if req.Private {
-		// Stored before the sandbox exists, so it is never public.
-		if trafficToken, err = a.newTrafficToken(ctx, sid); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-	}
-	sb, host, err := a.placeAndInsert(ctx, db.InsertSandboxParams{
-		ID:         sid,
-		TeamID:     p.TeamID,
-		Template:   req.Template,
-		Vcpus:      int32(orDefault(req.VCPUs, 1)),
-		MemoryMb:   int32(orDefault(req.MemoryMB, 512)),
-		DiskMb:     int64(orDefault(req.DiskMB, 0)),
-		TimeoutSec: int32(orDefault(req.TimeoutSec, 300)),
-	})
+	created, err := a.Sandboxes().Create(r.Context(), callerOf(r), req)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	actor := p.Actor()
-	if err := a.goBackground(func(ctx context.Context) { a.startSandbox(ctx, sb, host.Address, actor) }); err != nil {
-		// Shutting down: nothing will start it, so say so in its record.
-		a.settleError(context.WithoutCancel(ctx), sb, lifecycle.Starting, "the control plane shut down before the sandbox could start; create it again", actor)
-		a.fail(w, r, err)
-		return
-	}
-	a.reqLog(r).Info("sandbox accepted", "sandbox_id", sb.ID, "host_id", host.ID)
-	writeJSON(w, http.StatusAccepted, createdJSON{Sandbox: sandboxJSON(sb), TrafficToken: trafficToken})
+	a.reqLog(r).Info("sandbox accepted", "sandbox_id", created.ID, "host_id", created.HostID)
+	writeJSON(w, http.StatusAccepted, created)
 }
 
 // startSandbox asks the host to boot sb and records the outcome with
 // compare-and-set writes. It runs in the background.
-func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor string) {
+// env is the sandbox's environment, which only the host keeps.
+func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor string, env map[string]string) {
 	log := a.log.With("sandbox_id", sb.ID, "team_id", sb.TeamID, "host_id", sb.HostID)
 	agent, err := a.d.Agents.Agent(sb.HostID, address)
 	var res hostclient.Sandbox
@@ -159,7 +70,8 @@ func (a *API) startSandbox(ctx context.Context, sb db.Sandbox, address, actor st
 			MemoryMB:      uint32(sb.MemoryMb),
 			DiskMB:        uint64(sb.DiskMb),
 			TimeoutSec:    uint32(sb.TimeoutSec),
-			AllowInternet: true,
+			Envs:          env,
+			AllowInternet: sb.AllowInternet,
 		})
 	}
 	// Writes and cleanup must happen even when the deadline hit the RPC.
@@ -265,27 +177,34 @@ func (a *API) publish(ctx context.Context, log *slog.Logger, e events.Event) {
 	}
 }
 
+// listSandboxes is GET /v1/sandboxes: a page of the team's sandboxes,
+// filtered by status and metadata (service.ParseListQuery).
 func (a *API) listSandboxes(w http.ResponseWriter, r *http.Request) {
-	rows, err := a.q.ListSandboxes(r.Context(), principal(r).TeamID)
+	q, err := service.ParseListQuery(r.URL.Query())
 	if err != nil {
-		a.fail(w, r, fmt.Errorf("list sandboxes: %w", err))
+		a.fail(w, r, err)
 		return
 	}
-	out := make([]Sandbox, len(rows))
-	for i, s := range rows {
-		out[i] = sandboxJSON(s)
+	page, err := a.Sandboxes().List(r.Context(), principal(r).TeamID, q)
+	if err != nil {
+		a.fail(w, r, err)
+		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out})
+	writeJSON(w, http.StatusOK, page)
 }
 
 // loadSandbox returns the caller's sandbox {id}; another team's is "not
 // found", never "forbidden", so ids of other teams cannot be probed.
 func (a *API) loadSandbox(r *http.Request) (db.Sandbox, error) {
-	sid := chi.URLParam(r, "id")
+	return a.sandboxOf(r.Context(), principal(r).TeamID, chi.URLParam(r, "id"))
+}
+
+// sandboxOf returns teamID's sandbox sid.
+func (a *API) sandboxOf(ctx context.Context, teamID, sid string) (db.Sandbox, error) {
 	if !id.Valid(id.Sandbox, sid) {
 		return db.Sandbox{}, notFound("sandbox", sid)
 	}
-	sb, err := a.q.GetSandbox(r.Context(), db.GetSandboxParams{ID: sid, TeamID: principal(r).TeamID})
+	sb, err := a.q.GetSandbox(ctx, db.GetSandboxParams{ID: sid, TeamID: teamID})
 	if isNoRows(err) {
 		return db.Sandbox{}, notFound("sandbox", sid)
 	}
@@ -305,24 +224,30 @@ func (a *API) getSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := a.loadSandbox(r)
-	if err != nil {
+	if err := a.Sandboxes().Destroy(r.Context(), callerOf(r), chi.URLParam(r, "id")); err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	ctx := r.Context()
-	actor := principal(r).Actor()
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// beginDestroy moves the sandbox to stopping and destroys it on its host in
+// the background; a sandbox stopping or stopped already is left as it is.
+func (a *API) beginDestroy(ctx context.Context, c service.Caller, sid string) error {
+	sb, err := a.sandboxOf(ctx, c.TeamID, sid)
+	if err != nil {
+		return err
+	}
+	log := a.log.With("request_id", RequestID(ctx))
 	// Retry when another writer moved the sandbox between our read and our
 	// compare-and-set; a handful of rounds settles any real race.
 	for range 5 {
 		from := lifecycle.Status(sb.Status)
 		if from == lifecycle.Stopping || from == lifecycle.Stopped {
-			w.WriteHeader(http.StatusAccepted)
-			return
+			return nil
 		}
 		if err := lifecycle.Check(from, lifecycle.Stopping); err != nil {
-			a.fail(w, r, err)
-			return
+			return err
 		}
 		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
 			ID: sb.ID, TeamID: sb.TeamID, Expected: string(from), Generation: sb.Generation, Status: string(lifecycle.Stopping),
@@ -330,29 +255,24 @@ func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			host, herr := a.q.GetHost(ctx, moved.HostID)
 			if herr != nil {
-				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the sandbox's host is unknown", actor)
-				a.fail(w, r, fmt.Errorf("get host %s: %w", moved.HostID, herr))
-				return
+				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the sandbox's host is unknown", c.Actor)
+				return fmt.Errorf("get host %s: %w", moved.HostID, herr)
 			}
-			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: lifecycle.Stopping, Generation: sb.Generation, Actor: actor})
-			if err := a.goBackground(func(ctx context.Context) { a.stopSandbox(ctx, moved, host.Address, actor) }); err != nil {
-				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the control plane shut down before the sandbox was stopped; delete it again", actor)
-				a.fail(w, r, err)
-				return
+			a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: lifecycle.Stopping, Generation: sb.Generation, Actor: c.Actor})
+			if err := a.goBackground(func(ctx context.Context) { a.stopSandbox(ctx, moved, host.Address, c.Actor) }); err != nil {
+				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the control plane shut down before the sandbox was stopped; delete it again", c.Actor)
+				return err
 			}
-			w.WriteHeader(http.StatusAccepted)
-			return
+			return nil
 		}
 		if !isNoRows(err) {
-			a.fail(w, r, fmt.Errorf("mark sandbox stopping: %w", err))
-			return
+			return fmt.Errorf("mark sandbox stopping: %w", err)
 		}
-		if sb, err = a.loadSandbox(r); err != nil {
-			a.fail(w, r, err)
-			return
+		if sb, err = a.sandboxOf(ctx, c.TeamID, sid); err != nil {
+			return err
 		}
 	}
-	a.fail(w, r, conflict("the sandbox is changing state; try again"))
+	return conflict("the sandbox is changing state; try again")
 }
 
 // stopSandbox destroys sb on its host and records stopped, or error when the
@@ -418,9 +338,16 @@ func (a *API) execSandbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, invalid("cmd", "is required"))
 		return
 	}
-	timeout := orDefault(req.TimeoutSec, 60)
+	timeout := 60
+	if req.TimeoutSec != nil {
+		timeout = *req.TimeoutSec
+	}
 	if timeout < 1 || timeout > maxExecTimeoutSec {
 		a.fail(w, r, invalid("timeout_sec", "must be between 1 and %d, got %d", maxExecTimeoutSec, timeout))
+		return
+	}
+	if err := validate.Env("env", req.Env); err != nil {
+		a.fail(w, r, err)
 		return
 	}
 	sb, err := a.loadSandbox(r)

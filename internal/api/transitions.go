@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
 	"github.com/wrenn/wrenn/pkg/lifecycle"
+	"github.com/wrenn/wrenn/pkg/service"
+	"github.com/wrenn/wrenn/pkg/validate"
 )
 
 // asyncOp is a user-started transition that answers 202 and finishes in the
@@ -47,65 +51,72 @@ var (
 	}
 )
 
-func (a *API) pauseSandbox(w http.ResponseWriter, r *http.Request)  { a.startOp(w, r, pauseOp) }
-func (a *API) resumeSandbox(w http.ResponseWriter, r *http.Request) { a.startOp(w, r, resumeOp) }
+func (a *API) pauseSandbox(w http.ResponseWriter, r *http.Request) {
+	a.answerOp(w, r, a.Sandboxes().Pause(r.Context(), callerOf(r), chi.URLParam(r, "id")))
+}
+
+func (a *API) resumeSandbox(w http.ResponseWriter, r *http.Request) {
+	a.answerOp(w, r, a.Sandboxes().Resume(r.Context(), callerOf(r), chi.URLParam(r, "id")))
+}
+
+// answerOp is 202 with an empty body for an operation under way, or its
+// error.
+func (a *API) answerOp(w http.ResponseWriter, r *http.Request, err error) {
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
 
 // wrongState is the 409 of an operation refused in the sandbox's status.
 func wrongState(sb db.Sandbox, what string) *Error {
 	return conflict(fmt.Sprintf("sandbox %s is %s; %s", sb.ID, sb.Status, what))
 }
 
-func (a *API) startOp(w http.ResponseWriter, r *http.Request, op asyncOp) {
-	sb, err := a.loadSandbox(r)
+// beginOp moves the sandbox from op.from to op.via and runs op on its host
+// in the background; a sandbox where op is under way or done is left as it
+// is.
+func (a *API) beginOp(ctx context.Context, c service.Caller, sid string, op asyncOp) error {
+	sb, err := a.sandboxOf(ctx, c.TeamID, sid)
 	if err != nil {
-		a.fail(w, r, err)
-		return
+		return err
 	}
-	ctx := r.Context()
-	actor := principal(r).Actor()
+	log := a.log.With("request_id", RequestID(ctx))
 	// Retry when another writer moved the sandbox between our read and our
 	// compare-and-set.
 	for range 5 {
 		cur := lifecycle.Status(sb.Status)
-		for _, s := range op.noop {
-			if cur == s {
-				w.WriteHeader(http.StatusAccepted)
-				return
-			}
+		if slices.Contains(op.noop, cur) {
+			return nil
 		}
 		if cur != op.from {
-			a.fail(w, r, wrongState(sb, fmt.Sprintf("only a %s sandbox can be %sd", op.from, op.verb)))
-			return
+			return wrongState(sb, fmt.Sprintf("only a %s sandbox can be %sd", op.from, op.verb))
 		}
 		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
 			ID: sb.ID, TeamID: sb.TeamID, Expected: string(op.from), Generation: sb.Generation, Status: string(op.via),
 		})
 		if err == nil {
-			a.publish(ctx, a.reqLog(r), events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: op.from, To: op.via, Generation: sb.Generation, Actor: actor})
+			a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: op.from, To: op.via, Generation: sb.Generation, Actor: c.Actor})
 			host, herr := a.q.GetHost(ctx, moved.HostID)
 			if herr != nil {
-				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the sandbox's host is unknown", actor)
-				a.fail(w, r, fmt.Errorf("get host %s: %w", moved.HostID, herr))
-				return
+				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the sandbox's host is unknown", c.Actor)
+				return fmt.Errorf("get host %s: %w", moved.HostID, herr)
 			}
-			if err := a.goBackground(func(ctx context.Context) { a.runOp(ctx, op, moved, host.Address, actor) }); err != nil {
-				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the control plane shut down before the sandbox could be "+op.verb+"d", actor)
-				a.fail(w, r, err)
-				return
+			if err := a.goBackground(func(ctx context.Context) { a.runOp(ctx, op, moved, host.Address, c.Actor) }); err != nil {
+				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the control plane shut down before the sandbox could be "+op.verb+"d", c.Actor)
+				return err
 			}
-			w.WriteHeader(http.StatusAccepted)
-			return
+			return nil
 		}
 		if !isNoRows(err) {
-			a.fail(w, r, fmt.Errorf("mark sandbox %s: %w", op.via, err))
-			return
+			return fmt.Errorf("mark sandbox %s: %w", op.via, err)
 		}
-		if sb, err = a.loadSandbox(r); err != nil {
-			a.fail(w, r, err)
-			return
+		if sb, err = a.sandboxOf(ctx, c.TeamID, sid); err != nil {
+			return err
 		}
 	}
-	a.fail(w, r, conflict("the sandbox is changing state; try again"))
+	return conflict("the sandbox is changing state; try again")
 }
 
 // runOp calls the agent and records the outcome. It runs in the background.
@@ -253,8 +264,8 @@ func (a *API) setTimeout(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, invalid("timeout_sec", "is required"))
 		return
 	}
-	if v := *req.TimeoutSec; v < minTimeoutSec || v > maxTimeoutSec {
-		a.fail(w, r, invalid("timeout_sec", "must be between %d and %d, got %d", minTimeoutSec, maxTimeoutSec, v))
+	if err := validate.Range("timeout_sec", *req.TimeoutSec, service.MinTimeoutSec, service.MaxTimeoutSec); err != nil {
+		a.fail(w, r, err)
 		return
 	}
 	sb, err := a.loadSandbox(r)

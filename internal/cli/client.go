@@ -16,26 +16,15 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wrenn/wrenn/pkg/service"
 )
 
 // Sandbox is the control plane's sandbox record as the REST API returns it.
-type Sandbox struct {
-	ID          string     `json:"id"`
-	Template    string     `json:"template"`
-	Status      string     `json:"status"`
-	VCPUs       int        `json:"vcpus"`
-	MemoryMB    int        `json:"memory_mb"`
-	DiskMB      int        `json:"disk_mb"`
-	TimeoutSec  int        `json:"timeout_sec"`
-	HostID      string     `json:"host_id,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	StartedAt   *time.Time `json:"started_at,omitempty"`
-	StoppedAt   *time.Time `json:"stopped_at,omitempty"`
-	Error       string     `json:"error,omitempty"`
-	EnvdVersion string     `json:"envd_version,omitempty"`
-}
+type Sandbox = service.Sandbox
 
 // Sandbox statuses the CLI and the local stack act on.
 const (
@@ -162,28 +151,22 @@ func (c *Client) GetSandbox(ctx context.Context, id string) (Sandbox, error) {
 	return sb, err
 }
 
-// ListSandboxes returns the sandboxes of the key's team.
+// ListSandboxes returns every sandbox of the key's team, newest first,
+// following the API's pages.
 func (c *Client) ListSandboxes(ctx context.Context) ([]Sandbox, error) {
-	var raw json.RawMessage
-	if err := c.do(ctx, http.MethodGet, "/v1/sandboxes", nil, &raw, c.timeout); err != nil {
-		return nil, err
-	}
-	// Accept both a bare array and {"sandboxes":[…]}, the envelope the host
-	// list uses.
-	var list []Sandbox
-	if t := bytes.TrimSpace(raw); len(t) > 0 && t[0] == '[' {
-		if err := json.Unmarshal(t, &list); err != nil {
-			return nil, fmt.Errorf("decode sandbox list: %w", err)
+	var all []Sandbox
+	q := url.Values{"limit": {strconv.Itoa(service.MaxPageSize)}}
+	for {
+		var page service.SandboxPage
+		if err := c.do(ctx, http.MethodGet, "/v1/sandboxes?"+q.Encode(), nil, &page, c.timeout); err != nil {
+			return nil, err
 		}
-		return list, nil
+		all = append(all, page.Sandboxes...)
+		if page.NextCursor == "" {
+			return all, nil
+		}
+		q.Set("cursor", page.NextCursor)
 	}
-	var env struct {
-		Sandboxes []Sandbox `json:"sandboxes"`
-	}
-	if err := json.Unmarshal(raw, &env); err != nil {
-		return nil, fmt.Errorf("decode sandbox list: %w", err)
-	}
-	return env.Sandboxes, nil
 }
 
 // Exec runs a command in a running sandbox and waits for it to finish.
@@ -267,7 +250,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, bound
 		}
 		body = bytes.NewReader(b)
 	}
+	// A query (a list's page) rides after the path; JoinPath would escape it.
+	path, query, _ := strings.Cut(path, "?")
 	u := c.base.JoinPath(path)
+	u.RawQuery = query
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return fmt.Errorf("build request %s %s: %w", method, path, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/wrenn/wrenn/pkg/config"
 	"github.com/wrenn/wrenn/pkg/db"
 	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/service"
 )
 
 // Extension adds routes and background work to the control plane.
@@ -68,6 +69,10 @@ type ServerContext struct {
 	// CallerFrom returns the caller of a request authenticated by
 	// RequireAPIKey.
 	CallerFrom func(ctx context.Context) (Caller, bool)
+	// Sandboxes is the sandbox lifecycle behind the REST routes: the same
+	// validation, placement, compare-and-set transitions and events. Record
+	// what an extension does on its users' behalf with pkg/audit.
+	Sandboxes service.Sandboxes
 }
 
 // SandboxEventHook is an optional interface of an Extension: OnSandboxEvent

@@ -237,6 +237,7 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	sc := &cpextension.ServerContext{
 		Config: cfg, Version: o.version, Logger: log, DB: pool, Queries: db.New(pool), Redis: rdb, Events: publisher, Metrics: metrics.Registry(),
 		RequireAPIKey: a.RequireAPIKey,
+		Sandboxes:     a.Sandboxes(),
 		CallerFrom: func(ctx context.Context) (cpextension.Caller, bool) {
 			p, ok := api.PrincipalFrom(ctx)
 			return cpextension.Caller{KeyID: p.KeyID, TeamID: p.TeamID, UserID: p.UserID, Admin: p.Admin}, ok

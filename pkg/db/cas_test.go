@@ -258,10 +258,10 @@ func TestCASFiltersByTeamAndStatus(t *testing.T) {
 	if _, err := q.GetSandbox(ctx, db.GetSandboxParams{ID: "sb-team", TeamID: "team-b"}); !errors.Is(err, pgx.ErrNoRows) {
 		t.Fatalf("other team's get: %v", err)
 	}
-	if after := get(t, q, "sb-team"); after != before {
+	if after := get(t, q, "sb-team"); !reflect.DeepEqual(after, before) {
 		t.Errorf("row changed: %+v -> %+v", before, after)
 	}
-	list, err := q.ListSandboxes(ctx, "team-b")
+	list, err := q.ListSandboxes(ctx, db.ListSandboxesParams{TeamID: "team-b", Statuses: []string{}, Metadata: []byte("{}"), MaxRows: 100})
 	if err != nil || len(list) != 0 {
 		t.Errorf("team-b lists %d sandboxes, %v", len(list), err)
 	}

@@ -68,25 +68,27 @@ type PkiCa struct {
 }
 
 type Sandbox struct {
-	ID          string
-	TeamID      string
-	HostID      string
-	Template    string
-	Status      string
-	Vcpus       int32
-	MemoryMb    int32
-	DiskMb      int64
-	TimeoutSec  int32
-	HostIp      string
-	GuestIp     string
-	EnvdVersion string
-	Error       string
-	CreatedAt   time.Time
-	StartedAt   *time.Time
-	StoppedAt   *time.Time
-	UpdatedAt   time.Time
-	MissingFrom *string
-	Generation  int64
+	ID            string
+	TeamID        string
+	HostID        string
+	Template      string
+	Status        string
+	Vcpus         int32
+	MemoryMb      int32
+	DiskMb        int64
+	TimeoutSec    int32
+	HostIp        string
+	GuestIp       string
+	EnvdVersion   string
+	Error         string
+	CreatedAt     time.Time
+	StartedAt     *time.Time
+	StoppedAt     *time.Time
+	UpdatedAt     time.Time
+	MissingFrom   *string
+	Generation    int64
+	Metadata      []byte
+	AllowInternet bool
 }
 
 type SandboxMetricSample struct {

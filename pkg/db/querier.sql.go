@@ -66,6 +66,7 @@ type Querier interface {
 	// increments the generation, so a writer that lost a race, or holds an
 	// outcome of an operation that is over, changes nothing and gets no row back
 	// (pgx.ErrNoRows). Every query filters by team_id.
+	// Metadata defaults to none, internet access to allowed.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
 	// Flushed sandbox metrics (POST /v1/hosts/sandbox-metrics).
 	// Samples already stored (a retried flush) are skipped.
@@ -87,7 +88,11 @@ type Querier interface {
 	ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([]Sandbox, error)
 	ListMembers(ctx context.Context, teamID string) ([]ListMembersRow, error)
 	ListSandboxMetricSamples(ctx context.Context, arg ListSandboxMetricSamplesParams) ([]ListSandboxMetricSamplesRow, error)
-	ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error)
+	// A page of a team's sandboxes, newest first: with any of statuses (none:
+	// all), whose metadata contains every pair of the metadata filter, after
+	// the cursor (created_at, id) of the previous page's last row when one is
+	// given.
+	ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([]Sandbox, error)
 	ListUserTeams(ctx context.Context, userID string) ([]ListUserTeamsRow, error)
 	LockHost(ctx context.Context, id string) (Host, error)
 	// Online hosts with a recent heartbeat, locked (in id order, so concurrent

@@ -8,10 +8,12 @@ package db
 import (
 	"context"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -42,12 +44,14 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
 
 const getSandboxOnHost = `-- name: GetSandboxOnHost :one
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE id = $1 AND host_id = $2
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet FROM sandboxes WHERE id = $1 AND host_id = $2
 `
 
 type GetSandboxOnHostParams struct {
@@ -79,26 +83,32 @@ func (q *Queries) GetSandboxOnHost(ctx context.Context, arg GetSandboxOnHostPara
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
 
 const insertSandbox = `-- name: InsertSandbox :one
 
-INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec)
-VALUES ($1, $2, $3, $4, 'starting', $5, $6, $7, $8)
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+INSERT INTO sandboxes (id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, metadata, allow_internet)
+VALUES ($1, $2, $3, $4, 'starting',
+        $5, $6, $7, $8,
+        COALESCE($9::jsonb, '{}'::jsonb), COALESCE($10::boolean, true))
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type InsertSandboxParams struct {
-	ID         string
-	TeamID     string
-	HostID     string
-	Template   string
-	Vcpus      int32
-	MemoryMb   int32
-	DiskMb     int64
-	TimeoutSec int32
+	ID            string
+	TeamID        string
+	HostID        string
+	Template      string
+	Vcpus         int32
+	MemoryMb      int32
+	DiskMb        int64
+	TimeoutSec    int32
+	Metadata      []byte
+	AllowInternet pgtype.Bool
 }
 
 // Sandboxes. Status changes only through the *If queries below: each is a
@@ -106,6 +116,7 @@ type InsertSandboxParams struct {
 // increments the generation, so a writer that lost a race, or holds an
 // outcome of an operation that is over, changes nothing and gets no row back
 // (pgx.ErrNoRows). Every query filters by team_id.
+// Metadata defaults to none, internet access to allowed.
 func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, insertSandbox,
 		arg.ID,
@@ -116,6 +127,8 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.MemoryMb,
 		arg.DiskMb,
 		arg.TimeoutSec,
+		arg.Metadata,
+		arg.AllowInternet,
 	)
 	var i Sandbox
 	err := row.Scan(
@@ -138,12 +151,14 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
 
 const listLiveSandboxesOnHost = `-- name: ListLiveSandboxesOnHost :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE host_id = $1 AND status <> 'stopped' ORDER BY id
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet FROM sandboxes WHERE host_id = $1 AND status <> 'stopped' ORDER BY id
 `
 
 // Everything the monitor reconciles on one host: every sandbox not stopped.
@@ -176,6 +191,8 @@ func (q *Queries) ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([
 			&i.UpdatedAt,
 			&i.MissingFrom,
 			&i.Generation,
+			&i.Metadata,
+			&i.AllowInternet,
 		); err != nil {
 			return nil, err
 		}
@@ -188,11 +205,38 @@ func (q *Queries) ListLiveSandboxesOnHost(ctx context.Context, hostID string) ([
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation FROM sandboxes WHERE team_id = $1 ORDER BY created_at DESC, id DESC
+SELECT id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet FROM sandboxes
+WHERE team_id = $1
+  AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
+  AND metadata @> $3::jsonb
+  AND ($4::timestamptz IS NULL
+       OR (created_at, id) < ($4::timestamptz, $5::text))
+ORDER BY created_at DESC, id DESC
+LIMIT $6
 `
 
-func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, error) {
-	rows, err := q.db.Query(ctx, listSandboxes, teamID)
+type ListSandboxesParams struct {
+	TeamID         string
+	Statuses       []string
+	Metadata       []byte
+	AfterCreatedAt *time.Time
+	AfterID        string
+	MaxRows        int32
+}
+
+// A page of a team's sandboxes, newest first: with any of statuses (none:
+// all), whose metadata contains every pair of the metadata filter, after
+// the cursor (created_at, id) of the previous page's last row when one is
+// given.
+func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, listSandboxes,
+		arg.TeamID,
+		arg.Statuses,
+		arg.Metadata,
+		arg.AfterCreatedAt,
+		arg.AfterID,
+		arg.MaxRows,
+	)
 	if err != nil {
 		return nil, err
 	}
@@ -220,6 +264,8 @@ func (q *Queries) ListSandboxes(ctx context.Context, teamID string) ([]Sandbox, 
 			&i.UpdatedAt,
 			&i.MissingFrom,
 			&i.Generation,
+			&i.Metadata,
+			&i.AllowInternet,
 		); err != nil {
 			return nil, err
 		}
@@ -236,7 +282,7 @@ UPDATE sandboxes
 SET status = 'error', error = $1, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $4
   AND generation = $5
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type UpdateSandboxErrorIfParams struct {
@@ -276,6 +322,8 @@ func (q *Queries) UpdateSandboxErrorIf(ctx context.Context, arg UpdateSandboxErr
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
@@ -285,7 +333,7 @@ UPDATE sandboxes
 SET status = 'missing', missing_from = $1::text, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $1
   AND generation = $4
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type UpdateSandboxMissingIfParams struct {
@@ -324,6 +372,8 @@ func (q *Queries) UpdateSandboxMissingIf(ctx context.Context, arg UpdateSandboxM
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
@@ -341,7 +391,7 @@ SET status = 'running',
     generation = generation + 1
 WHERE id = $6 AND team_id = $7 AND status = $8
   AND generation = $9
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type UpdateSandboxRunningIfParams struct {
@@ -389,6 +439,8 @@ func (q *Queries) UpdateSandboxRunningIf(ctx context.Context, arg UpdateSandboxR
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
@@ -398,7 +450,7 @@ UPDATE sandboxes
 SET status = $1, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $4
   AND generation = $5
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type UpdateSandboxStatusIfParams struct {
@@ -438,6 +490,8 @@ func (q *Queries) UpdateSandboxStatusIf(ctx context.Context, arg UpdateSandboxSt
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
@@ -447,7 +501,7 @@ UPDATE sandboxes
 SET status = 'stopped', stopped_at = $1, updated_at = now(), generation = generation + 1
 WHERE id = $2 AND team_id = $3 AND status = $4
   AND generation = $5
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type UpdateSandboxStoppedIfParams struct {
@@ -487,6 +541,8 @@ func (q *Queries) UpdateSandboxStoppedIf(ctx context.Context, arg UpdateSandboxS
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }
@@ -495,7 +551,7 @@ const updateSandboxTimeout = `-- name: UpdateSandboxTimeout :one
 UPDATE sandboxes
 SET timeout_sec = $1, updated_at = now()
 WHERE id = $2 AND team_id = $3 AND status IN ('running', 'paused', 'pausing', 'resuming')
-RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation
+RETURNING id, team_id, host_id, template, status, vcpus, memory_mb, disk_mb, timeout_sec, host_ip, guest_ip, envd_version, error, created_at, started_at, stopped_at, updated_at, missing_from, generation, metadata, allow_internet
 `
 
 type UpdateSandboxTimeoutParams struct {
@@ -530,6 +586,8 @@ func (q *Queries) UpdateSandboxTimeout(ctx context.Context, arg UpdateSandboxTim
 		&i.UpdatedAt,
 		&i.MissingFrom,
 		&i.Generation,
+		&i.Metadata,
+		&i.AllowInternet,
 	)
 	return i, err
 }

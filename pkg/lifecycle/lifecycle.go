@@ -4,7 +4,10 @@
 // event consumer, the host monitor) applies the same rules.
 package lifecycle
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Status is a sandbox's lifecycle status as stored and shown to users.
 type Status string
@@ -69,7 +72,11 @@ func (s Status) Terminal() bool { return s.Valid() && len(transitions[s]) == 0 }
 func Parse(s string) (Status, error) {
 	st := Status(s)
 	if !st.Valid() {
-		return "", fmt.Errorf("unknown sandbox status %q", s)
+		names := make([]string, len(All))
+		for i, a := range All {
+			names[i] = string(a)
+		}
+		return "", fmt.Errorf("unknown sandbox status %q (one of %s)", s, strings.Join(names, ", "))
 	}
 	return st, nil
 }
