@@ -8,7 +8,13 @@ const runs = Number(process.env.WRENN_E2BSDK_RUNS || 200)
 // A fresh user's login shell, as in a sandbox image: the host's root may
 // have a .bashrc that costs far more than envd (pyenv init: ~100 ms).
 const opts = process.env.WRENN_E2BSDK_USER ? { user: process.env.WRENN_E2BSDK_USER } : {}
-const sbx = await Sandbox.create()
+// An envd that was initialised with an access token (as every sandbox's
+// is) needs the SDK to send it, which the SDK does for a sandbox it knows
+// the token of; debug mode's Sandbox.create never has one.
+const token = process.env.WRENN_E2BSDK_TOKEN
+const sbx = token
+  ? new Sandbox({ sandboxId: 'debug_sandbox_id', envdVersion: '99.99.99', envdAccessToken: token })
+  : await Sandbox.create()
 
 for (let i = 0; i < 10; i++) await sbx.commands.run('true', opts) // warm up connections
 const lat = []
