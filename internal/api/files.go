@@ -227,13 +227,19 @@ func (a *API) makeDir(w http.ResponseWriter, r *http.Request) {
 // agent restarted. It does not count as activity, so a dashboard polling it
 // never keeps a sandbox awake.
 func (a *API) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
-	var since time.Time
-	if v := r.URL.Query().Get("since"); v != "" {
-		var err error
-		if since, err = time.Parse(time.RFC3339Nano, v); err != nil {
-			a.fail(w, r, invalid("since", "must be an RFC 3339 time such as 2026-01-02T15:04:05Z, got %q", v))
-			return
-		}
+	since, err := queryTime(r, "since")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	until, err := queryTime(r, "until")
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if !until.IsZero() && !until.After(since) {
+		a.fail(w, r, invalid("until", "must be after since (%s), got %s", since.Format(time.RFC3339Nano), until.Format(time.RFC3339Nano)))
+		return
 	}
 	sb, err := a.loadSandbox(r)
 	if err != nil {
@@ -262,5 +268,26 @@ func (a *API) sandboxMetrics(w http.ResponseWriter, r *http.Request) {
 		}
 		samples = append(samples, live...)
 	}
+	if !until.IsZero() {
+		// Oldest first: keep those up to until.
+		n := 0
+		for n < len(samples) && !samples[n].Time.After(until) {
+			n++
+		}
+		samples = samples[:n]
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"samples": samples})
+}
+
+// queryTime reads an optional RFC 3339 time from the query.
+func queryTime(r *http.Request, name string) (time.Time, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, invalid(name, "must be an RFC 3339 time such as 2026-01-02T15:04:05Z, got %q", v)
+	}
+	return t, nil
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"net/url"
 	"testing"
 	"time"
 
@@ -96,6 +97,28 @@ func TestHostSandboxMetrics(t *testing.T) {
 	for i := 1; i < len(got); i++ {
 		if !got[i].Time.After(got[i-1].Time) {
 			t.Errorf("samples out of order or repeated at %d: %s after %s", i, got[i].Time, got[i-1].Time)
+		}
+	}
+
+	// A range: since is exclusive, until inclusive.
+	rng := func(q string) (int, []hostclient.MetricSample) {
+		var m struct{ Samples []hostclient.MetricSample }
+		r := e.do("GET", "/v1/sandboxes/"+sid+"/metrics?"+q, key, nil)
+		if r.status == 200 {
+			r.decode(t, &m)
+		}
+		return r.status, m.Samples
+	}
+	at := func(d time.Duration) string { return url.QueryEscape(t0.Add(d).Format(time.RFC3339Nano)) }
+	if st, s := rng("since=" + at(-30*time.Second) + "&until=" + at(-10*time.Second)); st != 200 || len(s) != 2 || s[0].CPUPercent != 2 || s[1].CPUPercent != 3 {
+		t.Errorf("range: %d %+v, want the samples with cpu 2 and 3", st, s)
+	}
+	if st, s := rng("until=" + at(-25*time.Second)); st != 200 || len(s) != 1 || s[0].CPUPercent != 1 {
+		t.Errorf("until only: %d %+v", st, s)
+	}
+	for _, q := range []string{"until=yesterday", "since=" + at(0) + "&until=" + at(0), "since=" + at(0) + "&until=" + at(-time.Second)} {
+		if st, _ := rng(q); st != 400 {
+			t.Errorf("%s: %d, want 400", q, st)
 		}
 	}
 
