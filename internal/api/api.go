@@ -74,6 +74,8 @@ type Deps struct {
 	MaxUploadBytes int64
 	// Metrics are served at /metrics; nil means a fresh NewMetrics.
 	Metrics *Metrics
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
 }
 
 // API serves the REST API and owns the background work it starts.
@@ -151,7 +153,7 @@ func (a *API) Routes(r chi.Router) {
 	r.Use(a.portProxy)
 	r.Get("/healthz", a.healthz)
 	r.Get("/openapi.yaml", serveOpenAPI)
-	r.Method(http.MethodGet, "/metrics", a.metrics.Handler())
+	r.Method(http.MethodGet, "/metrics", a.metricsAuth(a.metrics.Handler()))
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/hosts/register", a.registerHost)
 		r.Post("/hosts/heartbeat", a.heartbeat)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -64,6 +65,23 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the registry in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// metricsAuth requires Deps.MetricsToken as a bearer token, when one is
+// configured; the comparison takes the same time whatever the guess.
+func (a *API) metricsAuth(next http.Handler) http.Handler {
+	if a.d.MetricsToken == "" {
+		return next
+	}
+	want := []byte(a.d.MetricsToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(bearer(r)), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wrenn metrics"`)
+			a.fail(w, r, unauthorized("GET /metrics needs Authorization: Bearer <WRENN_METRICS_TOKEN>"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // ObserveConsumerLag records the event consumer's lag; cpserver hands it to

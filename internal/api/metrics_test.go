@@ -102,3 +102,31 @@ func keysWith(m map[string]float64, sub string) []string {
 	}
 	return out
 }
+
+// With WRENN_METRICS_TOKEN set, /metrics needs it as a bearer token.
+func TestMetricsToken(t *testing.T) {
+	t.Parallel()
+	const token = "scrape-0123456789abcdef"
+	e := newEnv(t, func(_ *env, d *Deps) { d.MetricsToken = token })
+	for _, c := range []struct {
+		hdr  []string
+		want int
+	}{
+		{nil, 401},
+		{[]string{"Authorization", "Bearer wrong-0123456789abcdef"}, 401},
+		{[]string{"Authorization", "Bearer " + token + "x"}, 401},
+		{[]string{"Authorization", token}, 401},
+		{[]string{"Authorization", "Bearer " + token}, 200},
+	} {
+		r := e.do("GET", "/metrics", "", nil, c.hdr...)
+		if r.status != c.want {
+			t.Errorf("%v: %d, want %d", c.hdr, r.status, c.want)
+		}
+		if c.want == 200 && !strings.Contains(string(r.body), "wrenn_http_request_duration_seconds") {
+			t.Errorf("scrape lacks the request series")
+		}
+		if c.want == 401 && r.hdr.Get("WWW-Authenticate") == "" {
+			t.Error("401 without WWW-Authenticate")
+		}
+	}
+}

@@ -117,6 +117,11 @@ type ControlPlane struct {
 	// default 1: limits are reservations). Idle sandboxes use a few MiB of
 	// their limit, so hosts of many idle sandboxes can take more.
 	MemoryOvercommit float64
+	// MetricsToken, when set, is the bearer token GET /metrics requires
+	// (WRENN_METRICS_TOKEN, at least 16 characters). Unset: /metrics is
+	// open, as Prometheus endpoints usually are; it shows request latencies,
+	// lifecycle counts and consumer lag, no team's data.
+	MetricsToken string
 	// Domain is the parent domain of port URLs (WRENN_DOMAIN, optional, e.g.
 	// sandbox.localhost): {port}-{sandbox_id}.{Domain} reaches that port of
 	// the sandbox. Empty: only the E2b-Sandbox-Id/-Port header pair routes.
@@ -159,6 +164,10 @@ func LoadControlPlane(env Lookup) (ControlPlane, error) {
 		p.addf("WRENN_MEMORY_OVERCOMMIT %q must be a number from 1 to 100 (MiB of sandbox memory limits placed per MiB of host memory)", moc)
 	} else {
 		c.MemoryOvercommit = f
+	}
+	c.MetricsToken = str(env, "WRENN_METRICS_TOKEN", "")
+	if c.MetricsToken != "" && (len(c.MetricsToken) < 16 || strings.ContainsFunc(c.MetricsToken, func(r rune) bool { return r <= ' ' || r > '~' })) {
+		p.addf("WRENN_METRICS_TOKEN must be at least 16 printable ASCII characters without spaces (a scraper sends it as Authorization: Bearer <token>), or unset")
 	}
 	checkURL(&p, "WRENN_PUBLIC_URL", c.PublicURL, "http", "https")
 	c.Domain = strings.TrimSuffix(strings.ToLower(str(env, "WRENN_DOMAIN", "")), ".")

@@ -65,20 +65,20 @@ func TestLoadControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Dir != DefaultDir || c.Listen != "127.0.0.1:8080" || c.PublicURL != "http://127.0.0.1:8080" || c.CPUOvercommit != 1.5 || c.MemoryOvercommit != 1 {
+	if c.Dir != DefaultDir || c.Listen != "127.0.0.1:8080" || c.PublicURL != "http://127.0.0.1:8080" || c.CPUOvercommit != 1.5 || c.MemoryOvercommit != 1 || c.MetricsToken != "" {
 		t.Errorf("defaults: %+v", c)
 	}
 	bad := map[string]string{
 		"WRENN_DIR": "relative", "WRENN_CP_LISTEN": "nope", "DATABASE_URL": "mysql://x",
 		"REDIS_URL": "", "LOG_LEVEL": "loud", "WRENN_BOOTSTRAP_API_KEY": "wrn_short", "WRENN_CPU_OVERCOMMIT": "0.5",
-		"WRENN_MEMORY_OVERCOMMIT": "lots",
+		"WRENN_MEMORY_OVERCOMMIT": "lots", "WRENN_METRICS_TOKEN": "short",
 	}
 	_, err = LoadControlPlane(env(bad))
 	if err == nil {
 		t.Fatal("invalid configuration accepted")
 	}
 	// Every problem is named at once, so one start shows them all.
-	for _, name := range []string{"WRENN_DIR", "WRENN_CP_LISTEN", "DATABASE_URL", "REDIS_URL", "LOG_LEVEL", "WRENN_BOOTSTRAP_API_KEY", "WRENN_CPU_OVERCOMMIT", "WRENN_MEMORY_OVERCOMMIT"} {
+	for _, name := range []string{"WRENN_DIR", "WRENN_CP_LISTEN", "DATABASE_URL", "REDIS_URL", "LOG_LEVEL", "WRENN_BOOTSTRAP_API_KEY", "WRENN_CPU_OVERCOMMIT", "WRENN_MEMORY_OVERCOMMIT", "WRENN_METRICS_TOKEN"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
 		}

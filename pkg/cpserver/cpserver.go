@@ -198,7 +198,7 @@ func Run(ctx context.Context, opts ...Option) (err error) {
 	defer proxyTransport.CloseIdleConnections()
 	metrics := api.NewMetrics()
 	a := api.New(api.Deps{
-		Metrics: metrics, Domain: cfg.Domain, ProxyTransport: proxyTransport, CA: ca,
+		Metrics: metrics, MetricsToken: cfg.MetricsToken, Domain: cfg.Domain, ProxyTransport: proxyTransport, CA: ca,
 		DB: pool, Agents: agents, Events: publisher, Logger: log, Now: o.now, Redis: streamRedis, Placement: placement, PublicURL: cfg.PublicURL,
 		Health: func(ctx context.Context) error {
 			if err := pool.Ping(ctx); err != nil {
