@@ -282,6 +282,11 @@ func LoadAgent(env Lookup) (Agent, error) {
 	checkListen(&p, "WRENN_AGENT_LISTEN", c.Listen)
 	checkURL(&p, "WRENN_AGENT_ADVERTISE_URL", c.AdvertiseURL, "http", "https")
 	c.TLS = strings.HasPrefix(strings.ToLower(c.AdvertiseURL), "https://")
+	// Without TLS nothing authenticates the control plane to the agent, so
+	// plain HTTP is only for a listener no other machine can reach.
+	if host, _, err := net.SplitHostPort(c.Listen); err == nil && !c.TLS && !loopback(host) {
+		p.addf("WRENN_AGENT_LISTEN %q is reachable from other machines but the agent would serve it without authentication: set WRENN_AGENT_ADVERTISE_URL to an https:// URL (the agent then serves mutual TLS with a certificate from the control plane), or listen on 127.0.0.1", c.Listen)
+	}
 	if c.ControlPlaneURL == "" {
 		p.addf("WRENN_CP_URL is required (for example http://127.0.0.1:8080)")
 	} else {
@@ -327,3 +332,13 @@ func LoadAgent(env Lookup) (Agent, error) {
 
 // Env is the process environment as a Lookup.
 func Env() Lookup { return os.LookupEnv }
+
+// loopback reports whether host (an IP or a name) only ever means this
+// machine.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -105,6 +105,9 @@ func TestLoadAgent(t *testing.T) {
 		{"WRENN_SANDBOX_CIDR", "fd00::/64"},
 		{"WRENN_AGENT_SHUTDOWN", "maybe"},
 		{"WRENN_AGENT_LISTEN", "9090"},
+		{"WRENN_AGENT_LISTEN", "0.0.0.0:9090"},
+		{"WRENN_AGENT_LISTEN", ":9090"},
+		{"WRENN_AGENT_LISTEN", "10.1.2.3:9090"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
@@ -114,5 +117,21 @@ func TestLoadAgent(t *testing.T) {
 				t.Errorf("%s=%q: error %v, want one naming %s", tc.key, tc.value, err, tc.key)
 			}
 		})
+	}
+}
+
+// Plain HTTP only on loopback; any other listener needs TLS.
+func TestAgentListenNeedsTLSBeyondLoopback(t *testing.T) {
+	t.Parallel()
+	for _, m := range []map[string]string{
+		{"WRENN_AGENT_LISTEN": "127.0.0.1:9090"},
+		{"WRENN_AGENT_LISTEN": "localhost:9090"},
+		{"WRENN_AGENT_LISTEN": "[::1]:9090"},
+		{"WRENN_AGENT_LISTEN": "0.0.0.0:9090", "WRENN_AGENT_ADVERTISE_URL": "https://agent1.example:9090"},
+	} {
+		m["WRENN_CP_URL"] = "http://127.0.0.1:8080"
+		if _, err := LoadAgent(env(m)); err != nil {
+			t.Errorf("%v: %v", m, err)
+		}
 	}
 }
