@@ -3,10 +3,12 @@ package image
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,14 +37,27 @@ func attachLoop(file string, readOnly bool) (*os.File, string, error) {
 	}
 	defer ctl.Close()
 
+	// The kernel answers every concurrent GET_FREE with the same lowest
+	// unbound device and only one configure wins it: with twenty creates at
+	// once the unluckiest lost twenty races in a row and gave up. Attaches
+	// of this process therefore take turns (a configure takes well under a
+	// millisecond); another process may still win a device between GET_FREE
+	// and our configure, and then we wait a moment and ask again, and in
+	// the end for a device of our own (LOOP_CTL_ADD).
+	loopMu.Lock()
+	defer loopMu.Unlock()
 	var lastErr error
-	// Another process may take the device between GET_FREE and our
-	// configure call; the kernel then says EBUSY and we ask again.
-	for range 16 {
-		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
-		if err != nil {
-			return nil, "", fmt.Errorf("find free loop device: %w", err)
+	for attempt := range loopAttempts {
+		req := uintptr(unix.LOOP_CTL_GET_FREE)
+		if attempt >= loopAttempts/2 {
+			req = unix.LOOP_CTL_ADD
 		}
+		// -1 asks LOOP_CTL_ADD for any unused index; GET_FREE ignores it.
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), req, ^uintptr(0))
+		if errno != 0 {
+			return nil, "", fmt.Errorf("find free loop device: %w", errno)
+		}
+		n := int(r)
 		dev := "/dev/loop" + strconv.Itoa(n)
 		f, err := openLoopDevice(dev, n)
 		if err != nil {
@@ -57,9 +72,16 @@ func attachLoop(file string, readOnly bool) (*os.File, string, error) {
 		if !errors.Is(err, unix.EBUSY) {
 			return nil, "", fmt.Errorf("attach %s to %s: %w", file, dev, err)
 		}
+		time.Sleep(time.Duration(1+rand.IntN(4)) * time.Millisecond)
 	}
-	return nil, "", fmt.Errorf("attach %s to a loop device: kept losing races: %w", file, lastErr)
+	return nil, "", fmt.Errorf("attach %s to a loop device: other processes took %d free devices first: %w", file, loopAttempts, lastErr)
 }
+
+// loopMu serialises this process's loop attaches (see attachLoop).
+var loopMu sync.Mutex
+
+// loopAttempts bounds the devices attachLoop tries before giving up.
+const loopAttempts = 16
 
 // openLoopDevice opens /dev/loopN, creating the node when /dev is not a
 // devtmpfs that the kernel populates (some containers).
