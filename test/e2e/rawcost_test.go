@@ -33,9 +33,9 @@ import (
 // is) read-only template, and `runc run -d` of the image's wrenn-init with
 // `runc spec`'s defaults plus the agent's capabilities and limits, polled
 // every millisecond until envd answers /health in a network namespace the
-// test made. Wrenn is POST /v1/sandboxes until it reads running, then the
-// first exec of `true`, all through the REST API. The issue's target is
-// wrenn-p50 ≤ 1.5 × raw-p50.
+// test made. Wrenn is POST /v1/sandboxes until the event stream says it
+// runs and a read of it confirms so, then the first exec of `true`, all
+// through the REST API. The issue's target is wrenn-p50 ≤ 1.5 × raw-p50.
 func BenchmarkCreateRawVsWrenn(b *testing.B) {
 	s := startStack(b)
 	b.Cleanup(func() {
@@ -54,6 +54,8 @@ func BenchmarkCreateRawVsWrenn(b *testing.B) {
 	r := newRawRunc(b, img)
 
 	var raw, wrenn, rawDisk, rawRunc, wrennRunning, wrennExec []time.Duration
+	w := s.watchStatus()
+	b.Cleanup(w.close)
 	b.ResetTimer()
 	for i := range b.N {
 		d, disk, run := r.once(b, i)
@@ -62,7 +64,9 @@ func BenchmarkCreateRawVsWrenn(b *testing.B) {
 		start := time.Now()
 		var sb sandbox
 		s.mustDo(http.MethodPost, "/v1/sandboxes", map[string]any{"template": "minimal"}, http.StatusAccepted, &sb)
-		s.waitStatus(sb.ID, "running", time.Minute)
+		if err := w.waitRunning(sb.ID, time.Minute); err != nil {
+			b.Fatal(err)
+		}
 		running := time.Since(start)
 		var res execResult
 		s.mustDo(http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "true"}, http.StatusOK, &res)
