@@ -14,9 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/redis/go-redis/v9"
-	"github.com/wrenn/wrenn/db/migrations"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/pkg/db"
@@ -70,17 +68,7 @@ func withRedis(e *env, d *Deps) {
 
 func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	sqlDB := stdlib.OpenDBFromPool(pool)
-	if _, err := migrations.Apply(ctx, sqlDB); err != nil {
-		t.Fatal(err)
-	}
-	sqlDB.Close()
+	pool := testenv.MigratedPostgres(t)
 	e := &env{t: t, pool: pool, q: db.New(pool), fake: hostclient.NewFake(), clock: &clock{t: time.Now().UTC().Truncate(time.Microsecond)}}
 	d := Deps{DB: pool, Agents: e.fake, Now: e.clock.Now, AgentTimeout: 10 * time.Second}
 	for _, o := range opts {

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/wrenn/wrenn/db/migrations"
 	"github.com/wrenn/wrenn/internal/api"
 	"github.com/wrenn/wrenn/internal/hostclient"
 	"github.com/wrenn/wrenn/internal/testenv"
@@ -54,16 +52,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	sqlDB := stdlib.OpenDBFromPool(pool)
-	if _, err := migrations.Apply(ctx, sqlDB); err != nil {
-		t.Fatal(err)
-	}
-	sqlDB.Close()
+	pool := testenv.MigratedPostgres(t)
 	e := &env{t: t, pool: pool, q: db.New(pool), fake: hostclient.NewFake(), clock: &clock{t: time.Now().UTC()}}
 	e.mon = New(Options{DB: pool, Agents: e.fake, Now: e.clock.Now})
 	e.teamID = id.New(id.Team)

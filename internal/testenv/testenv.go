@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/wrenn/wrenn/db/migrations"
 	"github.com/wrenn/wrenn/internal/localsvc"
 	"github.com/wrenn/wrenn/pkg/id"
 )
@@ -166,4 +169,27 @@ func Redis(t testing.TB) string {
 		}
 	})
 	return r.URL
+}
+
+// MigratedPostgres returns a pool on a fresh database of the shared server
+// with every migration applied; it closes with the test.
+func MigratedPostgres(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(Postgres(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 60
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	sqlDB := stdlib.OpenDBFromPool(pool)
+	defer sqlDB.Close()
+	if _, err := migrations.Apply(ctx, sqlDB); err != nil {
+		t.Fatal(err)
+	}
+	return pool
 }

@@ -9,8 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/wrenn/wrenn/db/migrations"
 	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/pkg/audit"
 	"github.com/wrenn/wrenn/pkg/db"
@@ -21,16 +19,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 func setup(t *testing.T) (*pgxpool.Pool, *db.Queries) {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	sqlDB := stdlib.OpenDBFromPool(pool)
-	defer sqlDB.Close()
-	if _, err := migrations.Apply(ctx, sqlDB); err != nil {
-		t.Fatal(err)
-	}
+	pool := testenv.MigratedPostgres(t)
 	q := db.New(pool)
 	for _, team := range []string{"team-a", "team-b"} {
 		if err := q.CreateTeam(ctx, db.CreateTeamParams{ID: team, Name: team}); err != nil {

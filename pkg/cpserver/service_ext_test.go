@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -60,48 +57,7 @@ func TestExtensionUsesSandboxService(t *testing.T) {
 	key := id.NewAPIKey()
 	cfg := config.ControlPlane{Dir: t.TempDir(), Listen: "127.0.0.1:0", DatabaseURL: testenv.Postgres(t), RedisURL: testenv.Redis(t), BootstrapAPIKey: key, BootstrapAdminEmail: "a@b.c", CPUOvercommit: 16}
 	ext := &poolExt{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	ready := make(chan net.Addr, 1)
-	go func() {
-		done <- Run(ctx, WithConfig(cfg), WithStderr(io.Discard), WithAgentDialer(hostclient.NewFake()),
-			WithExtensions(ext), WithReady(func(a net.Addr) { ready <- a }))
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	var base string
-	select {
-	case a := <-ready:
-		base = "http://" + a.String()
-	case err := <-done:
-		t.Fatal(err)
-	}
-	client := &http.Client{Transport: &http.Transport{}}
-	defer client.CloseIdleConnections()
-	call := func(method, path, body string, out any, hdr ...string) int {
-		t.Helper()
-		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-		req.Header.Set("X-API-Key", key)
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if out != nil && resp.StatusCode < 300 {
-			if err := json.Unmarshal(b, out); err != nil {
-				t.Fatalf("%s %s: %s", method, path, b)
-			}
-		}
-		return resp.StatusCode
-	}
+	call := apiCaller(t, serve(t, WithConfig(cfg), WithAgentDialer(hostclient.NewFake()), WithExtensions(ext)), key)
 	var me struct {
 		TeamID string `json:"team_id"`
 	}
