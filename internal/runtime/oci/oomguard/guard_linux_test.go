@@ -35,7 +35,7 @@ func TestWatchKillsLargest(t *testing.T) {
 	g := &guard{proc: root, limit: 50 << 20, protect: map[int]bool{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	stop := make(chan struct{})
 	defer close(stop)
-	go g.watch(time.Millisecond, stop)
+	go g.watch(time.Millisecond, time.Millisecond, stop)
 
 	err := big.Wait()
 	var exit *exec.ExitError
@@ -64,7 +64,7 @@ func TestWatchUnderLimitKillsNothing(t *testing.T) {
 	}
 	g := &guard{proc: root, limit: 50 << 20, protect: map[int]bool{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	stop := make(chan struct{})
-	go g.watch(time.Millisecond, stop)
+	go g.watch(time.Millisecond, time.Millisecond, stop)
 	time.Sleep(50 * time.Millisecond)
 	close(stop)
 	if err := c.Process.Signal(syscall.Signal(0)); err != nil {
@@ -86,6 +86,7 @@ func TestRunExitsWithInitStatus(t *testing.T) {
 		{"init not found", []string{"-limit", huge, "--", "/no/such/init"}, 127},
 		{"no limit", []string{"--", "/bin/true"}, 2},
 		{"no init", []string{"-limit", "100"}, 2},
+		{"idle faster than busy", []string{"-limit", "100", "-interval", "1s", "-idle-interval", "10ms", "--", "/bin/true"}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
