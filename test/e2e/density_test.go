@@ -33,7 +33,8 @@ const densityMemoryMB = 128
 // Sandboxes are created through the REST API (128 MiB, 256 MiB disk, a
 // day's timeout so none auto-pauses) until N or until the control plane
 // refuses for capacity; the scheduler counts memory limits as hard
-// reservations, so a host of M MiB takes at most M/128 through the API.
+// reservations by default (WRENN_MEMORY_OVERCOMMIT=1), so a host of M MiB
+// takes at most M/128 through the API.
 // The rest, if any, are created on the agent directly, which measures the
 // host rather than the scheduler's bookkeeping; both counts are reported.
 // Every sandbox then runs `true`, the host's memory is read from each
