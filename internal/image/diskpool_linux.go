@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,8 +173,9 @@ func (p *diskPool) count() int {
 }
 
 // refill starts a goroutine that formats disks until the pool is full,
-// unless one runs already. One at a time: a refill competes with the
-// creates it serves for the same cores and disk.
+// unless one runs already. One at a time, and at the lowest CPU and I/O
+// priority: a refill runs right after the creates that took the disks, and
+// must not slow their boots.
 func (p *diskPool) refill() {
 	p.mu.Lock()
 	if p.closed || p.filling || len(p.ready) >= p.target {
@@ -185,6 +187,12 @@ func (p *diskPool) refill() {
 	p.mu.Unlock()
 	go func() {
 		defer p.fills.Done()
+		// Nice value and I/O priority are per thread on Linux, and mkfs is
+		// forked from this goroutine's thread, so it inherits both. The
+		// thread is never unlocked: it ends with the goroutine rather than
+		// serve others at low priority.
+		runtime.LockOSThread()
+		lowerThreadPriority(p.log)
 		for {
 			p.mu.Lock()
 			if p.closed || len(p.ready) >= p.target {
@@ -204,6 +212,21 @@ func (p *diskPool) refill() {
 			}
 		}
 	}()
+}
+
+// ioprioClassIdle is IOPRIO_CLASS_IDLE in ioprio_set's encoding: I/O only
+// when no one else wants the disk.
+const ioprioClassIdle = 3 << 13
+
+// lowerThreadPriority gives the calling thread nice 19 and idle I/O.
+// Failure only costs speed, so it is logged and ignored.
+func lowerThreadPriority(log *slog.Logger) {
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, 19); err != nil {
+		log.Debug("lower refill CPU priority", "err", err)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOPRIO_SET, 1 /* IOPRIO_WHO_PROCESS */, 0, ioprioClassIdle); errno != 0 {
+		log.Debug("lower refill I/O priority", "err", errno)
+	}
 }
 
 // addOne formats one disk under a temporary name and adds it to the pool.
