@@ -227,7 +227,9 @@ func TestMetricsFlushedBeforePauseAndDestroy(t *testing.T) {
 	}
 
 	// Resumed, sampled once more, destroyed: only what came after the
-	// first flush goes, the destroy's own sample included.
+	// first flush goes, the destroy's own sample included. (The mark moves
+	// once a delivery's answer is in.)
+	ms.flushes.Wait()
 	if _, err := m.Resume(ctx, sid); err != nil {
 		t.Fatal(err)
 	}
@@ -249,5 +251,63 @@ func TestMetricsFlushedBeforePauseAndDestroy(t *testing.T) {
 	ms.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d rings left after destroy", left)
+	}
+}
+
+// A day's ring goes in deliveries of at most maxFlushSamples, in order, and
+// a later flush sends only what came after the last accepted one.
+func TestMetricsFlushInChunks(t *testing.T) {
+	t.Parallel()
+	r, srt, m := statsRig(t)
+	rec := &flushRecorder{refused: true}
+	srv := httptest.NewServer(rec)
+	t.Cleanup(srv.Close)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	rep := &HTTPReporter{URL: srv.URL, Client: &http.Client{Transport: tr}}
+	rep.SetToken("wrh_chunks")
+	ms := NewMetricsSampler(m, rep, 5*time.Second, 3*maxFlushSamples)
+	ms.diskUsage = func(string) (uint64, error) { return 0, nil }
+	t.Cleanup(func() { ms.Close(time.Second) })
+	ctx := context.Background()
+	sid := newID()
+	if _, err := m.Create(ctx, createReq(sid, 0)); err != nil {
+		t.Fatal(err)
+	}
+	n := maxFlushSamples + maxFlushSamples/2
+	for i := range n {
+		r.clock.advance(5 * time.Second)
+		srt.set(time.Duration(i)*time.Second, uint64(i))
+		ms.SampleAll(ctx)
+	}
+	if _, err := m.Pause(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two deliveries", func() bool { return rec.count() == 2 })
+	rec.mu.Lock()
+	first, second := rec.flushes[0].Samples, rec.flushes[1].Samples
+	rec.mu.Unlock()
+	// The pause's own sample comes on top of the sweeps'.
+	if len(first) != maxFlushSamples || len(second) != n+1-maxFlushSamples {
+		t.Fatalf("deliveries of %d and %d samples, want %d and %d", len(first), len(second), maxFlushSamples, n+1-maxFlushSamples)
+	}
+	if !second[0].Time.After(first[len(first)-1].Time) {
+		t.Errorf("second delivery starts at %s, not after the first's end %s", second[0].Time, first[len(first)-1].Time)
+	}
+	// The mark moves once a delivery's answer is in.
+	ms.flushes.Wait()
+	if _, err := m.Resume(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	r.clock.advance(time.Second)
+	if err := m.Destroy(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "destroy's delivery", func() bool { return rec.count() == 3 })
+	rec.mu.Lock()
+	third := rec.flushes[2].Samples
+	rec.mu.Unlock()
+	if len(third) != 1 {
+		t.Errorf("destroy sent %d samples, want only its own", len(third))
 	}
 }
