@@ -37,6 +37,11 @@ type Manager struct {
 	byTag  map[string]*Proc
 	closed bool
 	wg     sync.WaitGroup // one per tracked process
+
+	// spawner, when set, forks every process from a thread in
+	// opts.Cgroup, so children are born there and need no move. Set
+	// once by NewManager; Shutdown stops and clears it under mu.
+	spawner *threadSpawner
 }
 
 // NewManager returns an empty Manager.
@@ -47,7 +52,16 @@ func NewManager(log *slog.Logger, opts Options) *Manager {
 	if opts.DrainGrace <= 0 {
 		opts.DrainGrace = defaultDrainGrace
 	}
-	return &Manager{log: log, opts: opts, byPID: map[int]*Proc{}, byTag: map[string]*Proc{}}
+	m := &Manager{log: log, opts: opts, byPID: map[int]*Proc{}, byTag: map[string]*Proc{}}
+	if g, ok := opts.Cgroup.(cgroupDirs); ok {
+		s, err := newThreadSpawner(g.Dirs())
+		if err != nil {
+			log.Debug("processes are moved into the user cgroup after they start", "error", err)
+		} else {
+			m.spawner = s
+		}
+	}
+	return m
 }
 
 // Proc is one started process. Its exported fields never change.
@@ -195,7 +209,11 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 	}
 	// Starting under the lock keeps tag reservation and registration atomic;
 	// fork+exec takes milliseconds.
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if m.spawner != nil {
+		start = func() error { return m.spawner.start(cmd) }
+	}
+	if err := start(); err != nil {
 		m.mu.Unlock()
 		closeAll()
 		return nil, nil, classifyStartError(spec, err)
@@ -204,6 +222,7 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 		_ = f.Close()
 	}
 	p.PID = cmd.Process.Pid
+	bornInCgroup := m.spawner != nil
 	sub := p.subscribeLocked()
 	m.byPID[p.PID] = p
 	if p.Tag != "" {
@@ -215,7 +234,7 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 	// Until these two writes the child runs in envd's cgroup with envd's
 	// oom_score_adj: Go cannot apply either between fork and exec. A shell
 	// takes longer than that to start forking.
-	if m.opts.Cgroup != nil {
+	if m.opts.Cgroup != nil && !bornInCgroup {
 		if err := m.opts.Cgroup.Add(p.PID); err != nil {
 			m.log.Debug("move process into the user cgroup", "pid", p.PID, "error", err)
 		}
@@ -226,7 +245,7 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 			m.log.Debug("set child oom_score_adj", "pid", p.PID, "error", err)
 		}
 	}
-	m.log.Info("process started", "pid", p.PID, "cmd", spec.Cmd, "tag", spec.Tag, "pty", spec.PTY != nil)
+	m.log.Debug("process started", "pid", p.PID, "cmd", spec.Cmd, "tag", spec.Tag, "pty", spec.PTY != nil)
 	go p.run(outputs)
 	return p, sub, nil
 }
@@ -381,7 +400,7 @@ func (p *Proc) run(outputs []output) {
 	if waitErr != nil {
 		end.Error = waitErr.Error()
 	}
-	p.m.log.Info("process ended", "pid", p.PID, "tag", p.Tag, "status", end.Status)
+	p.m.log.Debug("process ended", "pid", p.PID, "tag", p.Tag, "status", end.Status)
 	p.finish(end)
 }
 
@@ -601,6 +620,11 @@ func (m *Manager) List() []*Proc {
 func (m *Manager) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.closed = true
+	if m.spawner != nil {
+		// No Start spawns once closed is set under mu.
+		m.spawner.stop()
+		m.spawner = nil
+	}
 	ps := make([]*Proc, 0, len(m.byPID))
 	for _, p := range m.byPID {
 		ps = append(ps, p)

@@ -3,10 +3,15 @@ package process
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -301,5 +306,109 @@ func TestStartedProcessesJoinTheCgroup(t *testing.T) {
 				t.Errorf("cgroup got pids %v, want %v", cg.pids, want)
 			}
 		})
+	}
+}
+
+// dirsCgroup is a real cgroup with its directories known, as
+// *cgroup.Group is; Add records the pids it had to move.
+type dirsCgroup struct {
+	recordingCgroup
+	dirs []string
+}
+
+func (c *dirsCgroup) Dirs() []string { return c.dirs }
+
+func (c *dirsCgroup) Add(pid int) error {
+	_ = c.recordingCgroup.Add(pid)
+	for _, d := range c.dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestChildrenAreBornInAV1Cgroup checks that with cgroup v1 a Manager
+// forks from a thread inside the user cgroup: children (commands and PTYs)
+// start there without a move, no other thread of envd joins, and once the
+// Manager shut down the group is empty and can be removed.
+func TestChildrenAreBornInAV1Cgroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root to create cgroups")
+	}
+	const root = "/sys/fs/cgroup"
+	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+		t.Skip("skipping: cgroup v2 has no per-thread membership; processes are moved as before")
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	group := "/wrenn-proctest-" + hex.EncodeToString(b[:])
+	cg := &dirsCgroup{}
+	for _, ctrl := range []string{"memory", "pids", "cpu"} {
+		dir := filepath.Join(root, ctrl, group)
+		if _, err := os.Stat(filepath.Join(root, ctrl, "tasks")); err != nil {
+			continue
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatalf("create test cgroup: %v", err)
+		}
+		t.Cleanup(func() {
+			if err := os.Remove(dir); err != nil {
+				t.Errorf("remove test cgroup %s (still in use?): %v", dir, err)
+			}
+		})
+		cg.dirs = append(cg.dirs, dir)
+	}
+	if len(cg.dirs) == 0 {
+		t.Skipf("skipping: no v1 memory, pids or cpu hierarchy under %s", root)
+	}
+	// Registered after the directories' cleanups, so it runs before them.
+	m := newManager(t, Options{Cgroup: cg})
+	if m.spawner == nil {
+		t.Fatal("the Manager moves processes instead of forking them in the group")
+	}
+	var inGroup int
+	tasks, _ := filepath.Glob("/proc/self/task/*/cgroup")
+	for _, f := range tasks {
+		data, _ := os.ReadFile(f)
+		if strings.Contains(string(data), group) {
+			inGroup++
+		}
+	}
+	if inGroup != 1 {
+		t.Errorf("%d threads of envd in the user group, want exactly the spawning one", inGroup)
+	}
+	pty := Spec{Cmd: "/bin/cat", Args: []string{"/proc/self/cgroup"}, Dir: "/", PTY: &Size{Cols: 80, Rows: 24}}
+	for _, spec := range []Spec{{Cmd: "/bin/cat", Args: []string{"/proc/self/cgroup"}, Dir: "/"}, pty} {
+		_, sub, err := m.Start(spec)
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		var out bytes.Buffer
+		for ev := range sub.Events() {
+			out.Write(ev.Data)
+		}
+		sub.Close()
+		for _, d := range cg.dirs {
+			ctrl := filepath.Base(filepath.Dir(d))
+			if !strings.Contains(out.String(), ":"+ctrl+":"+group+"\n") && !strings.Contains(out.String(), ":"+ctrl+":"+group+"\r\n") {
+				t.Errorf("pty=%v: child not in %s group %s:\n%s", spec.PTY != nil, ctrl, group, out.String())
+			}
+		}
+	}
+	cg.mu.Lock()
+	if len(cg.pids) != 0 {
+		t.Errorf("processes %v were moved after they started", cg.pids)
+	}
+	cg.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range cg.dirs {
+		if data, _ := os.ReadFile(filepath.Join(d, "tasks")); len(bytes.TrimSpace(data)) != 0 {
+			t.Errorf("%s still has tasks %q after Shutdown", d, data)
+		}
 	}
 }
