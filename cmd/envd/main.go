@@ -24,8 +24,13 @@ import (
 )
 
 // childOOMScoreAdj makes the kernel's OOM killer pick a runaway command
-// before envd (which sets itself to -1000).
+// before envd.
 const childOOMScoreAdj = 100
+
+// selfOOMScoreAdj keeps envd the OOM killer's last choice. Not -1000,
+// which would exempt it: a grandchild forked before envd raises its
+// child's value inherits envd's, and must stay killable.
+const selfOOMScoreAdj = "-999"
 
 func main() {
 	port := flag.Int("port", envd.DefaultPort, "TCP port to serve on")
@@ -61,9 +66,11 @@ func run(ctx context.Context, log *slog.Logger, port int, forwardPorts, userCgro
 	if port <= 0 || port > 65535 {
 		return fmt.Errorf("--port %d is not a TCP port", port)
 	}
-	// envd must survive memory pressure inside the sandbox; without the
-	// privilege to do so it still works.
-	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil && !errors.Is(err, os.ErrPermission) {
+	// envd must survive memory pressure inside the sandbox. Lowering needs
+	// CAP_SYS_RESOURCE, which a sandbox lacks; there the runtime starts the
+	// init (and so envd) at this value already, and envd still works
+	// without it.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(selfOOMScoreAdj), 0); err != nil && !errors.Is(err, os.ErrPermission) {
 		log.Debug("protect envd from the OOM killer", "error", err)
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(port)))

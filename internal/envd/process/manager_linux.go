@@ -231,18 +231,21 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 	m.wg.Add(1)
 	m.mu.Unlock()
 
-	// Until these two writes the child runs in envd's cgroup with envd's
-	// oom_score_adj: Go cannot apply either between fork and exec. A shell
-	// takes longer than that to start forking.
-	if m.opts.Cgroup != nil && !bornInCgroup {
-		if err := m.opts.Cgroup.Add(p.PID); err != nil {
-			m.log.Debug("move process into the user cgroup", "pid", p.PID, "error", err)
-		}
-	}
+	// Until these writes the child runs with envd's oom_score_adj and in
+	// envd's cgroup: Go cannot apply either between fork and exec, so what
+	// the child forks before them inherits envd's. The oom_score_adj write
+	// comes first because it is quick (a v1 cgroup move can wait for an RCU
+	// grace period), and envd's own value is -999, not -1000, so such an
+	// early grandchild is still killable.
 	if m.opts.OOMScoreAdj != nil {
 		adj := strconv.Itoa(*m.opts.OOMScoreAdj)
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", p.PID), []byte(adj), 0); err != nil {
 			m.log.Debug("set child oom_score_adj", "pid", p.PID, "error", err)
+		}
+	}
+	if m.opts.Cgroup != nil && !bornInCgroup {
+		if err := m.opts.Cgroup.Add(p.PID); err != nil {
+			m.log.Debug("move process into the user cgroup", "pid", p.PID, "error", err)
 		}
 	}
 	m.log.Debug("process started", "pid", p.PID, "cmd", spec.Cmd, "tag", spec.Tag, "pty", spec.PTY != nil)

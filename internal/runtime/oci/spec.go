@@ -258,14 +258,16 @@ func (d *Driver) HostPids(pids int64) int64 {
 
 // InitOOMScoreAdj is the sandbox init's oom_score_adj on runtimes whose
 // sandboxes run on the host kernel (runc): wrenn-init and envd, which
-// inherits it, are never the OOM killer's choice when the sandbox reaches its
-// memory limit; envd raises what it starts to +100. Only the runtime can set
-// it: lowering oom_score_adj needs CAP_SYS_RESOURCE, which the sandbox lacks
-// (and where the agent lacks it too, as on some container hosts, the spec
-// asks for nothing, or runc would fail every create). gVisor gets none:
-// there it would shield the Sentry, which holds the guest's memory, from the
-// host's OOM killer.
-const InitOOMScoreAdj = -1000
+// inherits it, are the OOM killer's last choice when the sandbox reaches its
+// memory limit; envd raises what it starts to +100. Not -1000, which exempts
+// a process: what a command forks before envd has raised it inherits the
+// value and must stay killable, or a hog forked that early could never be
+// stopped. Only the runtime can set it: lowering oom_score_adj needs
+// CAP_SYS_RESOURCE, which the sandbox lacks (and where the agent lacks it
+// too, as on some container hosts, the spec asks for nothing, or runc would
+// fail every create). gVisor gets none: there it would shield the Sentry,
+// which holds the guest's memory, from the host's OOM killer.
+const InitOOMScoreAdj = -999
 
 // sandboxSpec is buildSpec with the driver's limits: the runtime's headroom
 // on the host cgroup's memory and pids (limits of 0 mean none and stay
