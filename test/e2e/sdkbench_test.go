@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,9 +21,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/testenv"
 	envdprocess "github.com/wrenn/wrenn/proto/envd/process"
+	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
 )
 
 // e2bEnvdVar names a built binary of E2B's envd (github.com/e2b-dev/infra,
@@ -44,6 +49,8 @@ var sdkBenchMetrics = []struct{ key, unit string }{
 	{"execP95Ms", "exec-p95-ms"},
 	{"uploadMiBps", "upload-MiB/s"},
 	{"downloadMiBps", "download-MiB/s"},
+	{"goExecP50Ms", "go-exec-p50-ms"},
+	{"goTrueP50Ms", "go-true-p50-ms"},
 	{"rawUploadMiBps", "raw-upload-MiB/s"},
 	{"rawDownloadMiBps", "raw-download-MiB/s"},
 }
@@ -77,8 +84,10 @@ func (e *inSandboxEnvd) median(key string) float64 {
 // sandbox of the minimal image made through the REST API, driven from the
 // host by the unmodified e2b SDK (test/e2bsdk/bench.mjs: exec round trip
 // of `true` as the image's login user, 64 MiB files.write and files.read)
-// and by a plain Go HTTP client against /files (the same 64 MiB up and
-// down), which tells the SDK's cost from envd's. Both clients send the
+// and by a plain Go client, which tells the SDK's cost from envd's: the
+// exec round trip of what the SDK runs (`/bin/bash -l -c true`, Connect
+// JSON over HTTP/1.1 as the SDK speaks it) and of a bare /bin/true, and
+// the same 64 MiB up and down as raw /files bodies. Both clients send the
 // sandbox's access token, as the SDK does for a real sandbox.
 //
 // With WRENN_E2B_ENVD naming a binary of E2B's envd, the benchmark uploads
@@ -153,6 +162,8 @@ func BenchmarkE2BSDKInSandbox(b *testing.B) {
 		for j := range targets {
 			t := targets[(i+j)%len(targets)]
 			res := runSDKBench(ctx, b, node, dir, t.url, rec.Token)
+			res["goExecP50Ms"] = goExecP50(ctx, b, tr, t.url, rec.Token, "/bin/bash", "-l", "-c", "true")
+			res["goTrueP50Ms"] = goExecP50(ctx, b, tr, t.url, rec.Token, "/bin/true")
 			res["rawUploadMiBps"], res["rawDownloadMiBps"] = rawFilesThroughput(ctx, b, tr, t.url, rec.Token)
 			t.runs = append(t.runs, res)
 		}
@@ -308,6 +319,42 @@ func runSDKBench(ctx context.Context, b *testing.B, node, dir, url, token string
 		}
 	}
 	return res
+}
+
+// goExecP50 starts cmd with args as sdkBenchUser 200 times (after 10 to
+// warm up) through the envd at url and returns the p50 in ms of start
+// request to end of stream.
+func goExecP50(ctx context.Context, b *testing.B, tr http.RoundTripper, url, token, cmd string, args ...string) float64 {
+	b.Helper()
+	c := processconnect.NewProcessClient(&http.Client{Transport: tr}, url, connect.WithProtoJSON())
+	msg := &envdprocess.StartRequest{Process: &envdprocess.ProcessConfig{Cmd: cmd, Args: args}}
+	user := "Basic " + base64.StdEncoding.EncodeToString([]byte(sdkBenchUser+":"))
+	lat := make([]time.Duration, 0, 200)
+	for i := range 210 {
+		req := connect.NewRequest(msg)
+		req.Header().Set("X-Access-Token", token)
+		req.Header().Set("Authorization", user)
+		t0 := time.Now()
+		s, err := c.Start(ctx, req)
+		if err != nil {
+			b.Fatalf("start %s at %s: %v", cmd, url, err)
+		}
+		var end *envdprocess.ProcessEvent_EndEvent
+		for s.Receive() {
+			if e := s.Msg().GetEvent().GetEnd(); e != nil {
+				end = e
+			}
+		}
+		if err := s.Err(); err != nil || end == nil || end.GetExitCode() != 0 {
+			b.Fatalf("%s at %s: end %v, %v", cmd, url, end, err)
+		}
+		_ = s.Close()
+		if i >= 10 {
+			lat = append(lat, time.Since(t0))
+		}
+	}
+	slices.Sort(lat)
+	return float64(lat[len(lat)/2].Microseconds()) / 1000
 }
 
 // rawFilesThroughput writes sdkBenchSize bytes to the sandbox user's home
