@@ -345,16 +345,31 @@ func (m *Manager) boot(ctx context.Context, sb *Sandbox, steps *bootSteps) error
 		MemoryMB: sb.Limits.MemoryMB,
 		Pids:     pidsLimit,
 	}
+	// envd's /init is sent from before the runtime starts: the runtime's
+	// command returns some milliseconds after the init runs, and envd may
+	// listen by then. Until it does, connects to the sandbox's address are
+	// refused and retried.
+	sb.envd = envdclient.New(m.o.EnvdTransport, sb.Link.GuestIP, sb.Token)
+	bootCtx, cancelBoot := context.WithTimeout(ctx, bootTimeout)
+	defer cancelBoot()
+	initDone := make(chan error, 1)
+	go func() {
+		initDone <- sb.envd.InitWhenUp(bootCtx, func() envdclient.InitRequest {
+			return envdclient.InitRequest{AccessToken: sb.Token, EnvVars: sb.Env, Timestamp: m.o.Clock.Now().UTC()}
+		})
+	}()
 	start = time.Now()
 	if err := m.o.Runtime.Create(ctx, spec); err != nil {
+		cancelBoot()
+		<-initDone
 		return fmt.Errorf("start sandbox in %s: %w", m.o.Runtime.Name(), err)
 	}
 	steps.runtime = time.Since(start)
 	sb.release.add("destroy in runtime", func(ctx context.Context) error { return m.o.Runtime.Destroy(ctx, sb.ID) })
 
 	start = time.Now()
-	if err := m.connectEnvd(ctx, sb); err != nil {
-		return err
+	if err := <-initDone; err != nil {
+		return fmt.Errorf("sandbox did not come up: %w", err)
 	}
 	steps.envd = time.Since(start)
 	sb.StartedAt = m.o.Clock.Now().UTC()
@@ -369,25 +384,6 @@ func wrapIf(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", what, err)
-}
-
-// connectEnvd waits for envd and sends its /init.
-func (m *Manager) connectEnvd(ctx context.Context, sb *Sandbox) error {
-	sb.envd = envdclient.New(m.o.EnvdTransport, sb.Link.GuestIP, sb.Token)
-	bootCtx, cancel := context.WithTimeout(ctx, bootTimeout)
-	defer cancel()
-	if err := sb.envd.WaitHealthy(bootCtx); err != nil {
-		return fmt.Errorf("sandbox did not come up: %w", err)
-	}
-	err := sb.envd.Init(bootCtx, envdclient.InitRequest{
-		AccessToken: sb.Token,
-		EnvVars:     sb.Env,
-		Timestamp:   m.o.Clock.Now().UTC(),
-	})
-	if err != nil {
-		return fmt.Errorf("initialise envd: %w", err)
-	}
-	return nil
 }
 
 // Destroy stops a sandbox and releases everything it took.

@@ -68,44 +68,38 @@ func New(transport http.RoundTripper, ip net.IP, token string) *Client {
 	return c
 }
 
-// Health polling: envd usually answers a few milliseconds after its init
-// starts, and until it listens each attempt is a refused connect on a local
-// veth (tens of microseconds), so the first healthFastFor are polled every
-// healthFastEvery; a sandbox that takes longer is polled less and less
-// often, up to healthSlowest.
+// Boot polling: envd usually listens a few milliseconds after its init
+// starts, and until it does each attempt is a refused connect on a local
+// veth (tens of microseconds), so the first bootFastFor are polled every
+// bootFastEvery; a sandbox that takes longer is polled less and less often,
+// up to bootSlowest.
 const (
-	healthFastEvery = time.Millisecond
-	healthFastFor   = 250 * time.Millisecond
-	healthSlowest   = 50 * time.Millisecond
+	bootFastEvery = time.Millisecond
+	bootFastFor   = 250 * time.Millisecond
+	bootSlowest   = 50 * time.Millisecond
 )
 
-// WaitHealthy polls GET /health until envd answers or ctx ends.
-func (c *Client) WaitHealthy(ctx context.Context) error {
+// InitWhenUp sends the boot's /init as soon as envd listens: it retries
+// while the connection is refused, calling in for each attempt (so the
+// clock it carries is current), until envd answers or ctx ends. It may be
+// started before the sandbox's init is: nothing listens on the sandbox's
+// address before envd does. Only refused connects are retried, so /init is
+// never sent twice.
+func (c *Client) InitWhenUp(ctx context.Context, in func() InitRequest) error {
 	start := time.Now()
-	delay := healthFastEvery
-	var last error
+	delay := bootFastEvery
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
-		if err != nil {
-			return fmt.Errorf("build health request: %w", err)
+		err := c.Init(ctx, in())
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			return err
 		}
-		resp, err := c.http.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode/100 == 2 {
-				return nil
-			}
-			err = fmt.Errorf("envd health answered %s", resp.Status)
-		}
-		last = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for envd at %s: %w (last error: %w)", c.base, ctx.Err(), last)
+			return fmt.Errorf("wait for envd at %s: %w (last error: %w)", c.base, ctx.Err(), err)
 		case <-time.After(delay):
 		}
-		if time.Since(start) > healthFastFor && delay < healthSlowest {
-			delay = min(2*delay, healthSlowest)
+		if time.Since(start) > bootFastFor && delay < bootSlowest {
+			delay = min(2*delay, bootSlowest)
 		}
 	}
 }
