@@ -24,7 +24,7 @@ import (
 
 // TestSandboxLifecycleRunsc runs a sandbox under gVisor through the whole
 // stack: an agent with WRENN_RUNTIME=runsc, create through the REST API,
-// envd answering inside gVisor with wrenn-init as PID 1, exec, pause and
+// envd answering inside gVisor under wrenn-init and the OOM guard, exec, pause and
 // resume through REST with a background counter, destroy, and nothing left
 // on the host.
 func TestSandboxLifecycleRunsc(t *testing.T) {
@@ -57,8 +57,10 @@ func TestSandboxLifecycleRunsc(t *testing.T) {
 		if res := s.exec(created.ID, "echo hi"); res.Stdout != "hi\n" || res.ExitCode != 0 {
 			t.Errorf("echo hi = %+v", res)
 		}
-		if res := s.exec(created.ID, "cat /proc/1/cmdline | tr '\\0' ' '"); res.Stdout != "/usr/local/bin/wrenn-init " {
-			t.Errorf("PID 1 is %q, want wrenn-init", res.Stdout)
+		// PID 1 is the OOM guard gVisor needs, with wrenn-init its child.
+		if res := s.exec(created.ID, "cat /proc/1/cmdline | tr '\\0' ' '"); !strings.HasPrefix(res.Stdout, "/dev/.wrenn-oomguard -limit ") ||
+			!strings.HasSuffix(res.Stdout, " -- /usr/local/bin/wrenn-init ") {
+			t.Errorf("PID 1 is %q, want the OOM guard running wrenn-init", res.Stdout)
 		}
 	})
 

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/wrenn/wrenn/internal/localsvc"
+	"github.com/wrenn/wrenn/internal/runtime/oci"
 	"github.com/wrenn/wrenn/internal/testenv"
 	"github.com/wrenn/wrenn/pkg/id"
 )
@@ -65,6 +66,15 @@ func binaries(t testing.TB) string {
 				buildErr = fmt.Errorf("build %s: %w\n%s", pkg, err, out)
 				return
 			}
+		}
+		// The runsc driver's OOM guard, found beside wrenn-agent as make
+		// installs it; static (no -race, no cgo): it runs inside gVisor.
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, oci.RunscOOMGuardName), "./internal/runtime/oci/oomguard")
+		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build oomguard: %w\n%s", err, out)
+			return
 		}
 	})
 	if buildErr != nil {

@@ -58,13 +58,14 @@ const RunscMemoryOverheadMB = 64
 // RunscOOMHeadroomMB is how far the guest of a guarded gVisor sandbox may
 // go past its limit before the host cgroup stops the sandbox. The guard
 // reads the guest's memory use every 10 ms above half the limit and every
-// 200 ms below it (each read costs about a millisecond of CPU under ptrace),
-// and a program growing page by page adds about 150 MB a second here, so
-// 64 MB covers a poll at either rate. One system call that fills more than
-// this at once (a read of 256 MB into a fresh buffer in a 48 MB sandbox)
-// completes before gVisor delivers the guard's SIGKILL, so it still reaches
-// the host limit, which holds, and stops the whole sandbox.
-const RunscOOMHeadroomMB = 64
+// 100 ms below it (each read costs about a millisecond of CPU under
+// ptrace), and Python filling a 512 MB bytearray grew by 1.1 GB a second
+// here, so a sandbox at rest can be 110 MB past its limit when the guard
+// next looks. One system call that fills more than the headroom at once
+// (a read of 256 MB into a fresh buffer in a 48 MB sandbox) completes before
+// gVisor delivers the guard's SIGKILL, so it still reaches the host limit,
+// which holds, and stops the whole sandbox.
+const RunscOOMHeadroomMB = 128
 
 // RunscOOMGuardName is the file name of the oomguard binary (package
 // oomguard, built static) that Runsc looks for beside the running

@@ -51,7 +51,7 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("oomguard", flag.ContinueOnError)
 	limit := fs.Int64("limit", 0, "the sandbox's memory limit in bytes")
 	interval := fs.Duration("interval", 10*time.Millisecond, "how often to read the memory use above half the limit")
-	idle := fs.Duration("idle-interval", 200*time.Millisecond, "how often to read it below half the limit")
+	idle := fs.Duration("idle-interval", 100*time.Millisecond, "how often to read it below half the limit")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -111,11 +111,10 @@ func run(args []string) int {
 // watch checks the memory use until stop is closed: every interval above
 // half the limit, every idle below it. Each read costs about a millisecond
 // of CPU under gVisor's ptrace platform (its memory accounting and Go's
-// timer wake-up), so an idle sandbox pays about 1 % of a core at 200 ms
-// where it would pay 8 % at 10 ms; a program growing page by page there
-// adds about 150 MB a second. After a kill it waits for the victim to be
-// gone before choosing another, so one overrun costs one process, as with
-// Linux's OOM killer.
+// timer wake-up), so an idle sandbox pays about 2 % of a core at 100 ms
+// where it would pay 8 % at 10 ms. After a kill it waits for the victim to
+// be gone before choosing another, so one overrun costs one process, as
+// with Linux's OOM killer.
 func (g *guard) watch(interval, idle time.Duration, stop <-chan struct{}) {
 	meminfo, err := os.Open(g.proc + "/meminfo")
 	if err != nil {
@@ -126,7 +125,18 @@ func (g *guard) watch(interval, idle time.Duration, stop <-chan struct{}) {
 	buf := make([]byte, 4096)
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
-	victim, killedAt := 0, time.Time{}
+	// After a kill: the victim, until it is gone; then, for settle, the
+	// use measured at the kill. gVisor frees a dead process's memory a
+	// little later, so until then a use no higher than at the kill is the
+	// victim's memory still counted, not a new overrun (killing on it took
+	// envd next).
+	var (
+		victim      int
+		killedAt    time.Time
+		usedAtKill  int64
+		settleUntil time.Time
+		failing     bool
+	)
 	for next := interval; ; timer.Reset(next) {
 		select {
 		case <-stop:
@@ -140,26 +150,37 @@ func (g *guard) watch(interval, idle time.Duration, stop <-chan struct{}) {
 			if alive(g.proc, victim) && time.Since(killedAt) < time.Second {
 				continue
 			}
-			victim = 0
+			victim, settleUntil = 0, time.Now().Add(settle)
 		}
 		n, err := meminfo.ReadAt(buf, 0)
-		if n == 0 && err != nil {
-			g.log.Error("read meminfo", "error", err)
-			return
+		used := int64(0)
+		if n > 0 || err == nil {
+			used, err = memUsed(buf[:n])
 		}
-		used, err := memUsed(buf[:n])
 		if err != nil {
-			g.log.Error("parse meminfo", "error", err)
-			return
+			// Keep trying: giving up would leave the sandbox unguarded.
+			// One line per run of failures.
+			if !failing {
+				g.log.Error("read the memory use", "error", err)
+			}
+			failing = true
+			continue
 		}
+		failing = false
 		switch {
+		case used > g.limit && time.Now().Before(settleUntil) && used <= usedAtKill:
 		case used > g.limit:
-			victim, killedAt = g.kill(used), time.Now()
+			victim, killedAt, usedAtKill = g.kill(used), time.Now(), used
 		case used <= g.limit/2:
 			next = idle
 		}
 	}
 }
+
+// settle is how long after a victim is gone its memory may still be
+// counted: the use must fall under the limit or grow past what it was at
+// the kill before another process goes.
+const settle = time.Second
 
 // kill SIGKILLs the largest eligible process and returns its pid, 0 if
 // none could be killed.
