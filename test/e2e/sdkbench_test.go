@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,58 +25,32 @@ import (
 	"github.com/wrenn/wrenn/internal/testenv"
 	envdprocess "github.com/wrenn/wrenn/proto/envd/process"
 	"github.com/wrenn/wrenn/proto/envd/process/processconnect"
+	"github.com/wrenn/wrenn/test/e2bsdk/sdkbench"
 )
 
-// e2bEnvdVar names a built binary of E2B's envd (github.com/e2b-dev/infra,
-// packages/envd) to measure beside Wrenn's; docs/architecture.md says how
-// to build one. The same variable drives test/e2bsdk's BenchmarkE2BSDK.
-const e2bEnvdVar = "WRENN_E2B_ENVD"
-
 // e2bEnvdPort is where E2B's envd listens inside the benchmark's sandbox,
-// next to Wrenn's on envdclient.Port.
-const e2bEnvdPort = 49990
+// next to Wrenn's on envdclient.Port; e2bEnvdExe is its file name there.
+const (
+	e2bEnvdPort = 49990
+	e2bEnvdExe  = "e2b-envd"
+)
 
 // sdkBenchUser is the minimal image's login user that bench.mjs runs its
 // commands and owns its files as.
 const sdkBenchUser = "wrenn-user"
 
 // sdkBenchMetrics are the figures bench.mjs prints, then the ones this
-// benchmark measures itself with a plain Go HTTP client, in report order.
-var sdkBenchMetrics = []struct{ key, unit string }{
-	{"execP50Ms", "exec-p50-ms"},
-	{"execP95Ms", "exec-p95-ms"},
-	{"uploadMiBps", "upload-MiB/s"},
-	{"downloadMiBps", "download-MiB/s"},
-	{"goExecP50Ms", "go-exec-p50-ms"},
-	{"goTrueP50Ms", "go-true-p50-ms"},
-	{"rawUploadMiBps", "raw-upload-MiB/s"},
-	{"rawDownloadMiBps", "raw-download-MiB/s"},
-}
+// benchmark measures itself with a Go client, in report order.
+var sdkBenchMetrics = append(slices.Clone(sdkbench.Metrics), []sdkbench.Metric{
+	{Key: "goExecP50Ms", Unit: "go-exec-p50-ms"},
+	{Key: "goTrueP50Ms", Unit: "go-true-p50-ms"},
+	{Key: "rawUploadMiBps", Unit: "raw-upload-MiB/s"},
+	{Key: "rawDownloadMiBps", Unit: "raw-download-MiB/s"},
+}...)
 
 // sdkBenchSize is the file size of the throughput figures (bench.mjs
 // writes and reads 64 MiB too).
 const sdkBenchSize = 64 << 20
-
-// inSandboxEnvd is one envd inside the benchmark's sandbox.
-type inSandboxEnvd struct {
-	name    string
-	url     string
-	exe     string // its executable's name, to find it among the sandbox's processes
-	idleKiB int
-	runs    []map[string]float64
-}
-
-func (e *inSandboxEnvd) median(key string) float64 {
-	v := make([]float64, 0, len(e.runs))
-	for _, r := range e.runs {
-		v = append(v, r[key])
-	}
-	sort.Float64s(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
 
 // BenchmarkE2BSDKInSandbox measures envd where users meet it: in a runc
 // sandbox of the minimal image made through the REST API, driven from the
@@ -97,8 +69,8 @@ func (e *inSandboxEnvd) median(key string) float64 {
 // from the same rootfs, cgroup and network path, so the ratios compare the
 // daemons. Idle RSS is read from the host (/proc of the sandbox's
 // processes) a second after each started and was initialised, before it
-// served anything else. Without
-// the variable only Wrenn's envd is measured and the log says so.
+// served anything else. Without the variable only Wrenn's envd is measured
+// and the log says so.
 func BenchmarkE2BSDKInSandbox(b *testing.B) {
 	node, nodeErr := exec.LookPath("node")
 	npm, npmErr := exec.LookPath("npm")
@@ -109,7 +81,7 @@ func BenchmarkE2BSDKInSandbox(b *testing.B) {
 		}
 		b.Skip(msg)
 	}
-	e2bBin := os.Getenv(e2bEnvdVar)
+	e2bBin := os.Getenv(sdkbench.E2BEnvdVar)
 	s := startStack(b)
 	ctx, cancel := context.WithTimeout(b.Context(), 30*time.Minute)
 	defer cancel()
@@ -125,18 +97,18 @@ func BenchmarkE2BSDKInSandbox(b *testing.B) {
 	tr := envdclient.NewTransport()
 	b.Cleanup(tr.CloseIdleConnections)
 	wc := envdclient.New(tr, rec.Link.GuestIP, rec.Token)
-	targets := []*inSandboxEnvd{{name: "wrenn", exe: "envd", url: "http://" + net.JoinHostPort(rec.Link.GuestIP.String(), strconv.Itoa(envdclient.Port))}}
+	targets := []*sdkbench.Target{{Name: "wrenn", URL: "http://" + net.JoinHostPort(rec.Link.GuestIP.String(), strconv.Itoa(envdclient.Port))}}
 	// Each envd's idle RSS is read a second after its start and /init,
 	// before it served anything else: Wrenn's before it uploads and starts
 	// E2B's.
 	time.Sleep(time.Second)
-	targets[0].idleKiB = sandboxRSS(b, rec.Link.NetNSPath, targets[0].exe)
+	targets[0].IdleKiB = sandboxRSS(b, rec.Link.NetNSPath, "envd")
 	if e2bBin != "" {
 		targets = append(targets, startE2BEnvdIn(ctx, b, wc, e2bBin, rec.Link.GuestIP, rec.Token))
 		time.Sleep(time.Second)
-		targets[1].idleKiB = sandboxRSS(b, rec.Link.NetNSPath, targets[1].exe)
+		targets[1].IdleKiB = sandboxRSS(b, rec.Link.NetNSPath, e2bEnvdExe)
 	} else {
-		b.Logf("%s is not set: measuring Wrenn's envd only (set it to a built E2B envd to compare; see docs/architecture.md)", e2bEnvdVar)
+		b.Logf("%s is not set: measuring Wrenn's envd only (set it to a built E2B envd to compare; see docs/architecture.md)", sdkbench.E2BEnvdVar)
 	}
 
 	dir := b.TempDir()
@@ -155,51 +127,27 @@ func BenchmarkE2BSDKInSandbox(b *testing.B) {
 		b.Fatalf("npm ci (installs the pinned e2b package): %v\n%s", err, out)
 	}
 
-	b.Logf("load average before: %s", loadAvg())
+	b.Logf("load average before: %s", sdkbench.LoadAvg())
 	b.ResetTimer()
 	i := 0
 	for b.Loop() {
 		for j := range targets {
 			t := targets[(i+j)%len(targets)]
-			res := runSDKBench(ctx, b, node, dir, t.url, rec.Token)
-			res["goExecP50Ms"] = goExecP50(ctx, b, tr, t.url, rec.Token, "/bin/bash", "-l", "-c", "true")
-			res["goTrueP50Ms"] = goExecP50(ctx, b, tr, t.url, rec.Token, "/bin/true")
-			res["rawUploadMiBps"], res["rawDownloadMiBps"] = rawFilesThroughput(ctx, b, tr, t.url, rec.Token)
-			t.runs = append(t.runs, res)
+			res := sdkbench.RunScript(ctx, b, node, dir, t.URL, "WRENN_E2BSDK_TOKEN="+rec.Token, "WRENN_E2BSDK_USER="+sdkBenchUser)
+			res["goExecP50Ms"] = goExecP50(ctx, b, tr, t.URL, rec.Token, "/bin/bash", "-l", "-c", "true")
+			res["goTrueP50Ms"] = goExecP50(ctx, b, tr, t.URL, rec.Token, "/bin/true")
+			res["rawUploadMiBps"], res["rawDownloadMiBps"] = rawFilesThroughput(ctx, b, tr, t.URL, rec.Token)
+			t.Runs = append(t.Runs, res)
 		}
 		i++
 	}
 	b.StopTimer()
-	b.Logf("load average after: %s", loadAvg())
-
-	w := targets[0]
-	for _, m := range sdkBenchMetrics {
-		b.ReportMetric(w.median(m.key), m.unit)
+	b.Logf("load average after: %s", sdkbench.LoadAvg())
+	var e2b *sdkbench.Target
+	if len(targets) > 1 {
+		e2b = targets[1]
 	}
-	b.ReportMetric(float64(w.idleKiB)/1024, "idle-RSS-MiB")
-	if len(targets) == 1 {
-		return
-	}
-	e := targets[1]
-	for _, m := range sdkBenchMetrics {
-		b.ReportMetric(e.median(m.key), "e2b-"+m.unit)
-	}
-	b.ReportMetric(float64(e.idleKiB)/1024, "e2b-idle-RSS-MiB")
-	// Ratios are Wrenn over E2B: issue 3 asks for exec p50 at most 0.5 and
-	// upload and download through the SDK at least 2.
-	b.ReportMetric(w.median("execP50Ms")/e.median("execP50Ms"), "exec-p50-wrenn/e2b")
-	b.ReportMetric(w.median("uploadMiBps")/e.median("uploadMiBps"), "upload-wrenn/e2b")
-	b.ReportMetric(w.median("downloadMiBps")/e.median("downloadMiBps"), "download-wrenn/e2b")
-	var tbl strings.Builder
-	fmt.Fprintf(&tbl, "median of %d iteration(s), one runc sandbox, same SDK, user and script\n", len(w.runs))
-	fmt.Fprintf(&tbl, "%-20s %10s %10s %8s\n", "", "wrenn", "e2b", "w/e")
-	for _, m := range sdkBenchMetrics {
-		wv, ev := w.median(m.key), e.median(m.key)
-		fmt.Fprintf(&tbl, "%-20s %10.1f %10.1f %8.2f\n", m.unit, wv, ev, wv/ev)
-	}
-	wv, ev := float64(w.idleKiB)/1024, float64(e.idleKiB)/1024
-	fmt.Fprintf(&tbl, "%-20s %10.1f %10.1f %8.2f", "idle-RSS-MiB", wv, ev, wv/ev)
-	b.Log(tbl.String())
+	sdkbench.Report(b, targets[0], e2b, sdkBenchMetrics, "one runc sandbox, same SDK, user and script")
 }
 
 // agentSandboxRecord is the part of the agent's record of a sandbox
@@ -233,18 +181,18 @@ func agentRecord(b *testing.B, s *stack, sandboxID string) agentSandboxRecord {
 // startE2BEnvdIn copies E2B's envd at bin into the sandbox through Wrenn's
 // envd, starts it as root on e2bEnvdPort, initialises it with token and
 // waits for its /health.
-func startE2BEnvdIn(ctx context.Context, b *testing.B, wc *envdclient.Client, bin string, ip net.IP, token string) *inSandboxEnvd {
+func startE2BEnvdIn(ctx context.Context, b *testing.B, wc *envdclient.Client, bin string, ip net.IP, token string) *sdkbench.Target {
 	b.Helper()
 	f, err := os.Open(bin)
 	if err != nil {
-		b.Fatalf("%s=%q: %v (build E2B's envd as docs/architecture.md says)", e2bEnvdVar, bin, err)
+		b.Fatalf("%s=%q: %v (build E2B's envd as docs/architecture.md says)", sdkbench.E2BEnvdVar, bin, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
-		b.Fatalf("%s=%q is not a regular file", e2bEnvdVar, bin)
+		b.Fatalf("%s=%q is not a regular file", sdkbench.E2BEnvdVar, bin)
 	}
-	const inside = "/usr/local/bin/e2b-envd"
+	const inside = "/usr/local/bin/" + e2bEnvdExe
 	if err := wc.WriteFile(ctx, "root", inside, f, st.Size()); err != nil {
 		b.Fatalf("upload E2B's envd into the sandbox: %v", err)
 	}
@@ -294,31 +242,7 @@ func startE2BEnvdIn(ctx context.Context, b *testing.B, wc *envdclient.Client, bi
 	if resp.StatusCode/100 != 2 {
 		b.Fatalf("init E2B's envd: %s", resp.Status)
 	}
-	return &inSandboxEnvd{name: "e2b", exe: "e2b-envd", url: url}
-}
-
-// runSDKBench runs bench.mjs once against the envd at url.
-func runSDKBench(ctx context.Context, b *testing.B, node, dir, url, token string) map[string]float64 {
-	b.Helper()
-	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, "bench.mjs"))
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "E2B_DEBUG=true", "E2B_SANDBOX_URL="+url, "WRENN_E2BSDK_TOKEN="+token, "WRENN_E2BSDK_USER="+sdkBenchUser)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		b.Fatalf("bench.mjs against %s: %v\n%s%s", url, err, out, stderr.Bytes())
-	}
-	var res map[string]float64
-	if err := json.Unmarshal(bytes.TrimSpace(out), &res); err != nil {
-		b.Fatalf("bench.mjs against %s printed %q: %v", url, out, err)
-	}
-	for _, m := range sdkBenchMetrics[:4] {
-		if _, ok := res[m.key]; !ok {
-			b.Fatalf("bench.mjs against %s printed no %s: %q", url, m.key, out)
-		}
-	}
-	return res
+	return &sdkbench.Target{Name: "e2b", URL: url}
 }
 
 // goExecP50 starts cmd with args as sdkBenchUser 200 times (after 10 to
@@ -452,17 +376,4 @@ func sandboxRSS(b *testing.B, netnsPath, exe string) int {
 		b.Fatalf("no process %q in the sandbox", exe)
 	}
 	return found
-}
-
-// loadAvg is /proc/loadavg's first three fields, for the log.
-func loadAvg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown (" + err.Error() + ")"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return strings.TrimSpace(string(data))
-	}
-	return strings.Join(f[:3], " ")
 }
