@@ -231,10 +231,11 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 	m.wg.Add(1)
 	m.mu.Unlock()
 
-	// Until these writes the child runs with envd's oom_score_adj and in
+	// Until these writes the child runs with envd's oom_score_adj and,
+	// unless it was born in the user cgroup (v1, see threadSpawner), in
 	// envd's cgroup: Go cannot apply either between fork and exec, so what
 	// the child forks before them inherits envd's. The oom_score_adj write
-	// comes first because it is quick (a v1 cgroup move can wait for an RCU
+	// comes first because it is quick (a cgroup move can wait for an RCU
 	// grace period), and envd's own value is -999, not -1000, so such an
 	// early grandchild is still killable.
 	if m.opts.OOMScoreAdj != nil {
