@@ -378,24 +378,40 @@ func TestChildrenAreBornInAV1Cgroup(t *testing.T) {
 	if inGroup != 1 {
 		t.Errorf("%d threads of envd in the user group, want exactly the spawning one", inGroup)
 	}
-	pty := Spec{Cmd: "/bin/cat", Args: []string{"/proc/self/cgroup"}, Dir: "/", PTY: &Size{Cols: 80, Rows: 24}}
-	for _, spec := range []Spec{{Cmd: "/bin/cat", Args: []string{"/proc/self/cgroup"}, Dir: "/"}, pty} {
-		_, sub, err := m.Start(spec)
-		if err != nil {
-			t.Fatalf("Start: %v", err)
-		}
-		var out bytes.Buffer
-		for ev := range sub.Events() {
-			out.Write(ev.Data)
-		}
-		sub.Close()
-		for _, d := range cg.dirs {
-			ctrl := filepath.Base(filepath.Dir(d))
-			if !strings.Contains(out.String(), ":"+ctrl+":"+group+"\n") && !strings.Contains(out.String(), ":"+ctrl+":"+group+"\r\n") {
-				t.Errorf("pty=%v: child not in %s group %s:\n%s", spec.PTY != nil, ctrl, group, out.String())
+	cat := Spec{Cmd: "/bin/cat", Args: []string{"/proc/self/cgroup"}, Dir: "/"}
+	pty := cat
+	pty.PTY = &Size{Cols: 80, Rows: 24}
+	specs := []Spec{cat, pty}
+	for range 10 { // and concurrent starts, all through the one thread
+		specs = append(specs, cat)
+	}
+	var wg sync.WaitGroup
+	for i, spec := range specs {
+		run := func() {
+			_, sub, err := m.Start(spec)
+			if err != nil {
+				t.Errorf("Start: %v", err)
+				return
+			}
+			var out bytes.Buffer
+			for ev := range sub.Events() {
+				out.Write(ev.Data)
+			}
+			sub.Close()
+			for _, d := range cg.dirs {
+				ctrl := filepath.Base(filepath.Dir(d))
+				if !strings.Contains(out.String(), ":"+ctrl+":"+group+"\n") && !strings.Contains(out.String(), ":"+ctrl+":"+group+"\r\n") {
+					t.Errorf("pty=%v: child not in %s group %s:\n%s", spec.PTY != nil, ctrl, group, out.String())
+				}
 			}
 		}
+		if i < 2 {
+			run()
+		} else {
+			wg.Go(run)
+		}
 	}
+	wg.Wait()
 	cg.mu.Lock()
 	if len(cg.pids) != 0 {
 		t.Errorf("processes %v were moved after they started", cg.pids)
