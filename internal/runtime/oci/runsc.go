@@ -28,11 +28,11 @@ const RunscPidsOverhead = 128
 // for each Sentry thread that has run it, and the Sentry grows a thread per
 // guest task running at once, so the cost rises with the number of tasks:
 // a fork bomb held at 64 guest tasks peaked at 680 host tasks here (10.6
-// each) and one held at 256 at 6262 (24 each). 16 covers the former with
-// room; a sandbox whose limit is in the hundreds can still reach the host
-// limit, which then holds (the host is unaffected) but stops the whole
-// sandbox.
-const RunscPidsPerTask = 16
+// each) and one held at 256 at 6262 (24 each). 24 covers both; where the
+// host cgroup's capped room holds fewer guest tasks than Spec.Pids at this
+// cost, the guest's limit is cut to what it holds (GuestPids), so a fork
+// bomb always stops inside: the agent's 4096 gives 170 under gVisor.
+const RunscPidsPerTask = 24
 
 // RunscHostPidsCap bounds the host tasks RunscPidsPerTask grants (see
 // HostPids): a gVisor sandbox's host cgroup allows at most max(Spec.Pids,

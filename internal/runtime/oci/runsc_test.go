@@ -53,11 +53,14 @@ func TestRunscConfig(t *testing.T) {
 	}
 	// gVisor enforces the pids limit inside as RLIMIT_NPROC; the host
 	// cgroup gets room for the host tasks that many guest tasks cost.
-	if got, want := spec.Linux.Resources.Pids.Limit, s.Pids*RunscPidsPerTask+RunscPidsOverhead; got != want {
+	// Here the capped room cuts the guest's limit below Spec.Pids.
+	host := min(s.Pids*RunscPidsPerTask, max(s.Pids, RunscHostPidsCap))
+	guest := min(s.Pids, host/RunscPidsPerTask)
+	if got, want := spec.Linux.Resources.Pids.Limit, host+RunscPidsOverhead; got != want {
 		t.Errorf("pids limit %d, want %d", got, want)
 	}
-	if !slices.Contains(spec.Process.Rlimits, ociRlimit{Type: "RLIMIT_NPROC", Hard: uint64(s.Pids), Soft: uint64(s.Pids)}) {
-		t.Errorf("rlimits %+v, want RLIMIT_NPROC %d", spec.Process.Rlimits, s.Pids)
+	if !slices.Contains(spec.Process.Rlimits, ociRlimit{Type: "RLIMIT_NPROC", Hard: uint64(guest), Soft: uint64(guest)}) {
+		t.Errorf("rlimits %+v, want RLIMIT_NPROC %d", spec.Process.Rlimits, guest)
 	}
 	if got, want := spec.Linux.Resources.Memory.Limit, int64(s.MemoryMB+RunscMemoryOverheadMB)<<20; got != want {
 		t.Errorf("memory limit %d, want %d", got, want)

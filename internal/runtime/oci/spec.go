@@ -256,6 +256,19 @@ func (d *Driver) HostPids(pids int64) int64 {
 	return pids + d.cfg.PidsOverhead
 }
 
+// GuestPids is the task limit the sandbox's own kernel enforces
+// (RLIMIT_NPROC) for a Spec.Pids of pids, where it enforces one
+// (PidsPerTask set), else 0: pids, or fewer where the host cgroup's capped
+// room (HostPids) holds fewer at PidsPerTask each, so the guest's limit is
+// always reached before the host's, which would stop the whole sandbox.
+func (d *Driver) GuestPids(pids int64) int64 {
+	if pids <= 0 || d.cfg.PidsPerTask <= 0 {
+		return 0
+	}
+	room := d.HostPids(pids) - d.cfg.PidsOverhead
+	return max(1, min(pids, room/d.cfg.PidsPerTask))
+}
+
 // InitOOMScoreAdj is the sandbox init's oom_score_adj on runtimes whose
 // sandboxes run on the host kernel (runc): wrenn-init and envd, which
 // inherits it, are the OOM killer's last choice when the sandbox reaches its
@@ -284,10 +297,7 @@ const InitOOMScoreAdj = -999
 // nothing is added to the root disk), and the host cgroup gets
 // OOMHeadroomMB more memory so the guard kills first.
 func (d *Driver) sandboxSpec(s runtime.Spec) (ociSpec, error) {
-	nproc := uint64(0)
-	if s.Pids > 0 && d.cfg.PidsPerTask > 0 {
-		nproc = uint64(s.Pids)
-	}
+	nproc := uint64(d.GuestPids(s.Pids))
 	s.Pids = d.HostPids(s.Pids)
 	guardLimit := int64(0)
 	if s.MemoryMB > 0 {
