@@ -130,5 +130,16 @@ func userCgroup(log *slog.Logger, enabled bool) *cgroup.Group {
 		return nil
 	}
 	log.Debug("user processes get their own cgroup", "dirs", g.Dirs())
+	if limit, err := l.LimitMemory(userCgroupName, envdMemoryReserve); err != nil {
+		log.Debug("user processes share the sandbox's memory limit with envd", "error", err)
+	} else if limit > 0 {
+		log.Debug("user processes get a memory limit of their own", "bytes", limit)
+	}
 	return g
 }
+
+// envdMemoryReserve is what of a sandbox's memory limit user processes
+// cannot take: envd's and wrenn-init's (about 14 MiB resident together),
+// with room for a transfer's buffers, and at most a quarter of a small
+// sandbox.
+func envdMemoryReserve(limit uint64) uint64 { return min(32<<20, limit/4) }

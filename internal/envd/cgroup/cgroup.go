@@ -150,3 +150,42 @@ func (g *Group) Remove() error {
 	g.created = kept
 	return errors.Join(errs...)
 }
+
+// unlimitedV1 is where the v1 memory controller's "no limit" starts: it
+// prints the largest page-aligned int64.
+const unlimitedV1 = 1 << 62
+
+// LimitMemory caps the memory of l's child group name at l's own limit
+// less reserve(limit), so that a runaway user process meets the child's
+// limit, and the OOM killer of the child, which considers only the child's
+// processes, before the sandbox's: envd and wrenn-init keep reserve(limit)
+// to themselves. It returns the child's new limit, or 0 when l has no limit
+// to divide. Only the v1 memory controller: on v2 a cgroup that holds
+// processes (envd's) cannot enable controllers for its children.
+func (l Layout) LimitMemory(name string, reserve func(limit uint64) uint64) (uint64, error) {
+	p, ok := l.Paths["memory"]
+	if l.V2 || !ok {
+		return 0, nil
+	}
+	parent := filepath.Join(l.Root, "memory", path.Clean(p))
+	raw, err := os.ReadFile(filepath.Join(parent, "memory.limit_in_bytes"))
+	if err != nil {
+		return 0, fmt.Errorf("read the memory limit of %s: %w", parent, err)
+	}
+	limit, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("memory limit %q of %s: %w", strings.TrimSpace(string(raw)), parent, err)
+	}
+	if limit >= unlimitedV1 {
+		return 0, nil
+	}
+	keep := reserve(limit)
+	if keep >= limit {
+		return 0, fmt.Errorf("memory limit %d of %s leaves nothing after a reserve of %d", limit, parent, keep)
+	}
+	child := filepath.Join(parent, name, "memory.limit_in_bytes")
+	if err := os.WriteFile(child, []byte(strconv.FormatUint(limit-keep, 10)), 0); err != nil {
+		return 0, fmt.Errorf("limit %s: %w", child, err)
+	}
+	return limit - keep, nil
+}

@@ -194,3 +194,55 @@ func FuzzParseProcCgroup(f *testing.F) {
 		}
 	})
 }
+
+func TestLimitMemory(t *testing.T) {
+	t.Parallel()
+	quarter := func(limit uint64) uint64 { return limit / 4 }
+	tests := []struct {
+		name      string
+		v2        bool
+		parent    string // memory.limit_in_bytes of envd's group; "" for none
+		wantChild string // what the child's file holds afterwards
+		want      uint64
+		wantErr   bool
+		reserve   func(uint64) uint64 // quarter when nil
+	}{
+		{name: "divides the sandbox's limit", parent: "134217728\n", wantChild: "100663296", want: 100663296},
+		{name: "unlimited sandbox", parent: "9223372036854771712\n", wantChild: "untouched"},
+		{name: "v2 is left alone", v2: true, parent: "134217728\n", wantChild: "untouched"},
+		{name: "garbage limit", parent: "lots\n", wantChild: "untouched", wantErr: true},
+		{name: "no limit file", wantChild: "untouched", wantErr: true},
+		{name: "reserve eats it all", parent: "3\n", wantChild: "untouched", wantErr: true, reserve: func(l uint64) uint64 { return l }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			root := t.TempDir()
+			group := filepath.Join(root, "memory", "sb")
+			if err := os.MkdirAll(filepath.Join(group, "user"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if tt.parent != "" {
+				if err := os.WriteFile(filepath.Join(group, "memory.limit_in_bytes"), []byte(tt.parent), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			childFile := filepath.Join(group, "user", "memory.limit_in_bytes")
+			if err := os.WriteFile(childFile, []byte("untouched"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			l := Layout{Root: root, V2: tt.v2, Paths: map[string]string{"memory": "/sb"}}
+			reserve := tt.reserve
+			if reserve == nil {
+				reserve = quarter
+			}
+			got, err := l.LimitMemory("user", reserve)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("LimitMemory = %d, %v; want %d, error %v", got, err, tt.want, tt.wantErr)
+			}
+			if b, _ := os.ReadFile(childFile); string(b) != tt.wantChild {
+				t.Errorf("child limit file holds %q, want %q", b, tt.wantChild)
+			}
+		})
+	}
+}
