@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"compress/gzip"
 	"encoding/base64"
 	"errors"
@@ -106,7 +107,10 @@ func (s *Server) handleGetFile(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Add("Vary", "Accept-Encoding")
-		gz := gzip.NewWriter(w)
+		// Fastest compression: a download is bound by the sender's CPU
+		// here, and half the work beats a few percent fewer bytes on a
+		// link this short.
+		gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 		if _, err := io.Copy(gz, f); err != nil {
 			s.log.Debug("send file", "path", p, "error", err)
 			return
@@ -140,7 +144,7 @@ func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
 	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var written []fileInfo
 	if mediaType == "multipart/form-data" {
-		mr := multipart.NewReader(r.Body, params["boundary"])
+		mr := multipart.NewReader(bufio.NewReaderSize(r.Body, 64<<10), params["boundary"])
 		for {
 			part, err := mr.NextPart()
 			if errors.Is(err, io.EOF) {
@@ -231,7 +235,11 @@ func (s *Server) writeUpload(c caller, p string, src io.Reader) (fileInfo, error
 	if err != nil {
 		return fileInfo{}, err
 	}
-	_, err = io.Copy(o.f, clientReader{src})
+	bw := bufio.NewWriterSize(o.f, 64<<10)
+	_, err = io.Copy(struct{ io.Writer }{bw}, clientReader{src})
+	if err == nil {
+		err = bw.Flush()
+	}
 	if cerr := o.f.Close(); err == nil {
 		err = cerr
 	}

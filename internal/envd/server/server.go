@@ -97,9 +97,11 @@ const maxMessageBytes = 32 << 20
 // Handler returns the HTTP handler serving every route and RPC.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	path, h := processconnect.NewProcessHandler(&processService{s: s}, connect.WithReadMaxBytes(maxMessageBytes))
+	// Messages under 1 KiB go uncompressed even to clients that accept
+	// gzip: compressing an exec's start event costs more than it saves.
+	path, h := processconnect.NewProcessHandler(&processService{s: s}, connect.WithReadMaxBytes(maxMessageBytes), connect.WithCompressMinBytes(1024))
 	mux.Handle(path, h)
-	path, h = filesystemconnect.NewFilesystemHandler(&filesystemService{s: s}, connect.WithReadMaxBytes(maxMessageBytes))
+	path, h = filesystemconnect.NewFilesystemHandler(&filesystemService{s: s}, connect.WithReadMaxBytes(maxMessageBytes), connect.WithCompressMinBytes(1024))
 	mux.Handle(path, h)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("POST /init", s.handleInit)
