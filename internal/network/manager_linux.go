@@ -218,6 +218,9 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 	if err := configureGuest(inside, l); err != nil {
 		return nil, err
 	}
+	if err := pinNeighbours(inside, l); err != nil {
+		return nil, err
+	}
 	if err := egressDone(); err != nil {
 		return nil, err
 	}
@@ -276,6 +279,39 @@ func configureGuest(h *netlink.Handle, l *Link) error {
 	}
 	if err := h.RouteAdd(def); err != nil {
 		return fmt.Errorf("default route via %s in %s: %w", l.HostIP, l.NetNSName, err)
+	}
+	return nil
+}
+
+// pinNeighbours adds permanent ARP entries for the two ends of the veth
+// pair, each in the other's namespace. The first packets of a sandbox's
+// life (the agent's connect to envd) otherwise wait for ARP, and a request
+// sent while the freshly raised veth still drops traffic (its queue is
+// attached only when the kernel's link watcher, under the RTNL lock that
+// twenty concurrent creates contend for, handles the carrier change) is
+// retried a second later. The entries go with the veth.
+func pinNeighbours(inside *netlink.Handle, l *Link) error {
+	host, err := netlink.LinkByName(l.HostIf)
+	if err != nil {
+		return fmt.Errorf("find veth %q: %w", l.HostIf, err)
+	}
+	guest, err := inside.LinkByName(GuestIf)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", GuestIf, l.NetNSName, err)
+	}
+	err = netlink.NeighSet(&netlink.Neigh{
+		LinkIndex: host.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		IP: l.GuestIP, HardwareAddr: guest.Attrs().HardwareAddr,
+	})
+	if err != nil {
+		return fmt.Errorf("neighbour %s on %q: %w", l.GuestIP, l.HostIf, err)
+	}
+	err = inside.NeighSet(&netlink.Neigh{
+		LinkIndex: guest.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		IP: l.HostIP, HardwareAddr: host.Attrs().HardwareAddr,
+	})
+	if err != nil {
+		return fmt.Errorf("neighbour %s on %s in %s: %w", l.HostIP, GuestIf, l.NetNSName, err)
 	}
 	return nil
 }

@@ -66,6 +66,24 @@ func newTestManager(t *testing.T, env testEnv) *Manager {
 	return m
 }
 
+// requirePermanentNeighbour checks that link (in the calling thread's
+// namespace) has a permanent ARP entry for ip pointing at mac.
+func requirePermanentNeighbour(link netlink.Link, ip net.IP, mac net.HardwareAddr) error {
+	neighs, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, n := range neighs {
+		if n.IP.Equal(ip) {
+			if n.State != netlink.NUD_PERMANENT || n.HardwareAddr.String() != mac.String() {
+				return fmt.Errorf("neighbour %s on %s: state %#x mac %s, want permanent %s", ip, link.Attrs().Name, n.State, n.HardwareAddr, mac)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no neighbour entry for %s on %s (%+v)", ip, link.Attrs().Name, neighs)
+}
+
 func setup(t *testing.T, m *Manager, id string, internet bool) *Link {
 	t.Helper()
 	l, err := m.Setup(context.Background(), id, internet)
@@ -240,6 +258,22 @@ func TestSetupReachableFromHost(t *testing.T) {
 	}
 	if host.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("host veth %s is down", l.HostIf)
+	}
+	// Each end knows the other's address without ARP.
+	var guestMAC net.HardwareAddr
+	err = inNetNS(l.NetNSPath, func() error {
+		eth, err := netlink.LinkByName(GuestIf)
+		if err != nil {
+			return err
+		}
+		guestMAC = eth.Attrs().HardwareAddr
+		return requirePermanentNeighbour(eth, l.HostIP, host.Attrs().HardwareAddr)
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if err := requirePermanentNeighbour(host, l.GuestIP, guestMAC); err != nil {
+		t.Error(err)
 	}
 	err = inNetNS(l.NetNSPath, func() error {
 		for _, name := range []string{"lo", GuestIf} {
