@@ -79,18 +79,40 @@ const (
 	bootSlowest   = 50 * time.Millisecond
 )
 
-// InitWhenUp sends the boot's /init as soon as envd listens: it retries
-// while the connection is refused, calling in for each attempt (so the
-// clock it carries is current), until envd answers or ctx ends. It may be
-// started before the sandbox's init is: nothing listens on the sandbox's
-// address before envd does. Only refused connects are retried, so /init is
-// never sent twice.
+// bootAttemptTimeout is the first bound on one health probe of
+// InitWhenUp, doubled after every probe that runs out, up to
+// bootAttemptMax. A probe on the local veth is answered in well under a
+// millisecond; one whose SYN was dropped (a veth raised moments ago drops
+// traffic until the kernel attaches its queue) would otherwise wait a
+// second for TCP to send it again.
+const (
+	bootAttemptTimeout = 20 * time.Millisecond
+	bootAttemptMax     = time.Second
+)
+
+// InitWhenUp sends the boot's /init as soon as envd answers: it probes
+// GET /health, retrying while the connection is refused or the probe goes
+// unanswered, then sends /init, calling in for it (so the clock it carries
+// is current), until envd answers or ctx ends. It may be started before
+// the sandbox's init is: nothing listens on the sandbox's address before
+// envd does. /init itself is sent once.
 func (c *Client) InitWhenUp(ctx context.Context, in func() InitRequest) error {
 	start := time.Now()
-	delay := bootFastEvery
+	delay, bound := bootFastEvery, bootAttemptTimeout
 	for {
-		err := c.Init(ctx, in())
-		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		attempt, cancel := context.WithTimeout(ctx, bound)
+		err := c.health(attempt)
+		cancel()
+		switch {
+		case err == nil:
+			return c.Init(ctx, in())
+		case ctx.Err() != nil:
+			return fmt.Errorf("wait for envd at %s: %w (last error: %w)", c.base, ctx.Err(), err)
+		case errors.Is(err, context.DeadlineExceeded):
+			// Unanswered: ask again at once, waiting longer.
+			bound = min(2*bound, bootAttemptMax)
+			continue
+		case !errors.Is(err, syscall.ECONNREFUSED):
 			return err
 		}
 		select {
@@ -102,6 +124,24 @@ func (c *Client) InitWhenUp(ctx context.Context, in func() InitRequest) error {
 			delay = min(2*delay, bootSlowest)
 		}
 	}
+}
+
+// health is one GET /health.
+func (c *Client) health(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
+	if err != nil {
+		return fmt.Errorf("build health request: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("envd health answered %s", resp.Status)
+	}
+	return nil
 }
 
 // InitRequest is envd's POST /init body.
