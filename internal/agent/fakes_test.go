@@ -246,6 +246,14 @@ func (n *fakeNetwork) Setup(_ context.Context, sandboxID string, allowInternet b
 	return l, nil
 }
 
+func (n *fakeNetwork) EgressReady(_ context.Context, l *network.Link) error {
+	if err := n.fail.err("network.egress"); err != nil {
+		return err
+	}
+	n.j.add("network.egress %s", l.SandboxID)
+	return nil
+}
+
 func (n *fakeNetwork) Teardown(_ context.Context, l *network.Link) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()

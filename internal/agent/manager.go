@@ -24,7 +24,10 @@ import (
 
 // Network is what the manager needs from host networking.
 type Network interface {
+	// Setup may return before the sandbox's egress rule is in; the
+	// sandbox is handed out only after EgressReady.
 	Setup(ctx context.Context, sandboxID string, allowInternet bool) (*network.Link, error)
+	EgressReady(ctx context.Context, link *network.Link) error
 	Teardown(ctx context.Context, link *network.Link) error
 	Adopt(ctx context.Context, link *network.Link) error
 	CleanupOrphans(ctx context.Context, keep map[string]bool) error
@@ -368,6 +371,11 @@ func (m *Manager) boot(ctx context.Context, sb *Sandbox, steps *bootSteps) error
 	sb.release.add("destroy in runtime", func(ctx context.Context) error { return m.o.Runtime.Destroy(ctx, sb.ID) })
 
 	start = time.Now()
+	if err := m.o.Network.EgressReady(bootCtx, sb.Link); err != nil {
+		cancelBoot()
+		<-initDone
+		return fmt.Errorf("set up network: %w", err)
+	}
 	if err := <-initDone; err != nil {
 		return fmt.Errorf("sandbox did not come up: %w", err)
 	}

@@ -29,6 +29,7 @@ func TestCreateFailureReleasesWhatWasTakenInReverse(t *testing.T) {
 		{"rootfs.prepare", []string{"network.teardown"}},
 		{"network.setup", []string{"rootfs.release"}},
 		{"runtime.create", []string{"network.teardown", "rootfs.release"}},
+		{"network.egress", []string{"runtime.destroy", "network.teardown", "rootfs.release"}},
 		{"envd.init", []string{"runtime.destroy", "network.teardown", "rootfs.release"}},
 	}
 	for _, tt := range tests {

@@ -185,3 +185,44 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// EgressReady given up by its caller leaves the wait for Teardown, which
+// must not revoke before the rule is in (it would land after the revoke).
+func TestEgressReadyCancelledThenTeardownWaits(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	run := &fakeRunner{}
+	gate := &gatedRunner{fakeRunner: run, open: make(chan struct{})}
+	cfg, err := Config{CIDR: mustCIDR(t, "10.88.0.0/16"), Runner: gate}.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, fw: newFirewall(cfg), slots: map[int]string{}}
+	if _, err := run.Run(ctx, nil, "iptables", "-w", "-t", "filter", "-N", m.fw.chainEg); err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.linkFor("sb-slow", 3, true)
+	m.putEgressWait(l.SandboxID, m.requestEgress(l))
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := m.EgressReady(short, l); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("EgressReady with a held flush: %v, want the deadline", err)
+	}
+	close(gate.open)
+	// What Teardown does before it revokes.
+	if wait := m.takeEgressWait(l.SandboxID); wait == nil {
+		t.Fatal("the cancelled wait was dropped")
+	} else if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if got := run.rules("filter WRENN-EGRESS"); len(got) != 1 || !strings.Contains(got[0], "wrenn:sb-slow") {
+		t.Fatalf("egress = %q, want the rule of sb-slow", got)
+	}
+	// Nothing left to wait for: ready at once.
+	if err := m.EgressReady(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.EgressReady(ctx, cfg.linkFor("sb-offline", 4, false)); err != nil {
+		t.Fatal(err)
+	}
+}

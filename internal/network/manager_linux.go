@@ -32,6 +32,9 @@ type Manager struct {
 
 	mu    sync.Mutex
 	slots map[int]string // slot → sandbox id, for slots in use
+	// egressWaits holds, per sandbox, the wait for an egress rule that
+	// Setup queued and EgressReady or Teardown has not waited for yet.
+	egressWaits map[string]func() error
 
 	egress egressQueue
 }
@@ -135,7 +138,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 // Setup gives sandboxID a network: the lowest free slot, a namespace named
 // <prefix>-<sandboxID> pinned under /var/run/netns, a veth pair (host end
 // <ifprefix><slot>, guest end eth0 inside), addresses, lo and eth0 up, a
-// default route via the host end, and an egress rule when allowInternet.
+// default route via the host end, and an egress rule when allowInternet,
+// which may still be going in when Setup returns: EgressReady waits for it.
 // On error nothing of it is left behind.
 func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet bool) (_ *Link, err error) {
 	if !sandboxIDRe.MatchString(sandboxID) {
@@ -166,11 +170,13 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 	undo = append(undo, func(context.Context) error { m.free(slot, sandboxID); return nil })
 
 	// The egress rule names only the slot's interface and address, so it
-	// is queued first and added while the namespace and veth are made.
-	egressDone := func() error { return nil }
+	// is queued first and added while the namespace and veth are made,
+	// and while the caller starts the sandbox (see EgressReady).
 	if allowInternet {
-		egressDone = m.requestEgress(l)
+		egressDone := m.requestEgress(l)
+		m.putEgressWait(sandboxID, egressDone)
 		undo = append(undo, func(ctx context.Context) error {
+			m.takeEgressWait(sandboxID)
 			if egressDone() != nil {
 				return nil // not added: nothing to revoke
 			}
@@ -219,9 +225,6 @@ func (m *Manager) Setup(ctx context.Context, sandboxID string, allowInternet boo
 		return nil, err
 	}
 	if err := pinNeighbours(inside, l); err != nil {
-		return nil, err
-	}
-	if err := egressDone(); err != nil {
 		return nil, err
 	}
 	log.Debug("sandbox network up", "host_if", l.HostIf, "guest_ip", l.GuestIP.String(), "allow_internet", allowInternet)
@@ -283,6 +286,50 @@ func configureGuest(h *netlink.Handle, l *Link) error {
 	return nil
 }
 
+// EgressReady waits until the egress rule Setup queued for l is in place
+// and reports whether it could be added; a sandbox without internet access,
+// or one already waited for, is ready at once. Setup returns before the rule
+// is in, so that adding it (an iptables run) overlaps the sandbox's start;
+// the caller calls EgressReady before it hands the sandbox out, and tears
+// the network down when it fails.
+func (m *Manager) EgressReady(ctx context.Context, l *Link) error {
+	wait := m.takeEgressWait(l.SandboxID)
+	if wait == nil {
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("egress of %s: %w", l.SandboxID, err)
+		}
+		return nil
+	case <-ctx.Done():
+		// Teardown waits for the rule before it revokes it.
+		m.putEgressWait(l.SandboxID, wait)
+		return fmt.Errorf("egress of %s: %w", l.SandboxID, ctx.Err())
+	}
+}
+
+func (m *Manager) putEgressWait(sandboxID string, wait func() error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.egressWaits == nil {
+		m.egressWaits = map[string]func() error{}
+	}
+	m.egressWaits[sandboxID] = wait
+}
+
+// takeEgressWait removes and returns sandboxID's pending egress wait.
+func (m *Manager) takeEgressWait(sandboxID string) func() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	wait := m.egressWaits[sandboxID]
+	delete(m.egressWaits, sandboxID)
+	return wait
+}
+
 // pinNeighbours adds permanent ARP entries for the two ends of the veth
 // pair, each in the other's namespace. The first packets of a sandbox's
 // life (the agent's connect to envd) otherwise wait for ARP, and a request
@@ -326,6 +373,10 @@ func (m *Manager) Teardown(ctx context.Context, l *Link) error {
 	}
 	m.opMu.RLock()
 	defer m.opMu.RUnlock()
+	// A rule still going in would land after the revoke below.
+	if wait := m.takeEgressWait(l.SandboxID); wait != nil {
+		_ = wait()
+	}
 	var errs []error
 	if err := m.fw.revoke(ctx, func(id string) bool { return id != l.SandboxID }); err != nil {
 		errs = append(errs, err)

@@ -90,6 +90,9 @@ func setup(t *testing.T, m *Manager, id string, internet bool) *Link {
 	if err != nil {
 		t.Fatalf("Setup(%s): %v", id, err)
 	}
+	if err := m.EgressReady(context.Background(), l); err != nil {
+		t.Fatalf("EgressReady(%s): %v", id, err)
+	}
 	return l
 }
 
