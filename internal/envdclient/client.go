@@ -86,7 +86,7 @@ const (
 // traffic until the kernel attaches its queue) would otherwise wait a
 // second for TCP to send it again.
 const (
-	bootAttemptTimeout = 20 * time.Millisecond
+	bootAttemptTimeout = 5 * time.Millisecond
 	bootAttemptMax     = time.Second
 )
 

@@ -60,7 +60,7 @@ func TestInitWhenUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Five refused probes a millisecond apart and one dropped probe given
-	// up after its 20 ms: well under the second TCP would wait.
+	// up after its 5 ms: well under the second TCP would wait.
 	if took := time.Since(start); took > 500*time.Millisecond {
 		t.Errorf("took %s", took)
 	}
