@@ -79,7 +79,10 @@ func run(ctx context.Context, log *slog.Logger, port int, forwardPorts, userCgro
 	}
 	adj := childOOMScoreAdj
 	procOpts := process.Options{OOMScoreAdj: &adj}
-	if g := userCgroup(log, userCgroups); g != nil {
+	if userCgroups {
+		// Made while envd already serves: creating cgroups and joining them
+		// takes milliseconds of the boot; the first process waits for it.
+		g := newLazyCgroup(func() *cgroup.Group { return userCgroup(log) })
 		procOpts.Cgroup = g
 		// Serve has killed and reaped every process by the time this runs.
 		defer func() {
@@ -115,10 +118,7 @@ const userCgroupName = "wrenn-user"
 // userCgroup creates the cgroup for user processes, or returns nil when the
 // cgroup filesystem is not writable here (a runc sandbox mounts it read-only
 // unless delegated); envd then relies on oom_score_adj alone.
-func userCgroup(log *slog.Logger, enabled bool) *cgroup.Group {
-	if !enabled {
-		return nil
-	}
+func userCgroup(log *slog.Logger) *cgroup.Group {
 	l, err := cgroup.Self("/sys/fs/cgroup")
 	if err != nil {
 		log.Debug("user processes share envd's cgroup", "error", err)
@@ -143,3 +143,44 @@ func userCgroup(log *slog.Logger, enabled bool) *cgroup.Group {
 // with room for a transfer's buffers, and at most a quarter of a small
 // sandbox.
 func envdMemoryReserve(limit uint64) uint64 { return min(32<<20, limit/4) }
+
+// lazyCgroup is the user cgroup, made in the background: its methods wait
+// until it exists, and do nothing where none could be made.
+type lazyCgroup struct {
+	ready chan struct{}
+	g     *cgroup.Group
+}
+
+func newLazyCgroup(create func() *cgroup.Group) *lazyCgroup {
+	l := &lazyCgroup{ready: make(chan struct{})}
+	go func() {
+		defer close(l.ready)
+		l.g = create()
+	}()
+	return l
+}
+
+// Dirs lets the process manager fork inside the group (cgroup v1).
+func (l *lazyCgroup) Dirs() []string {
+	<-l.ready
+	if l.g == nil {
+		return nil
+	}
+	return l.g.Dirs()
+}
+
+func (l *lazyCgroup) Add(pid int) error {
+	<-l.ready
+	if l.g == nil {
+		return nil
+	}
+	return l.g.Add(pid)
+}
+
+func (l *lazyCgroup) Remove() error {
+	<-l.ready
+	if l.g == nil {
+		return nil
+	}
+	return l.g.Remove()
+}

@@ -39,9 +39,14 @@ type Manager struct {
 	wg     sync.WaitGroup // one per tracked process
 
 	// spawner, when set, forks every process from a thread in
-	// opts.Cgroup, so children are born there and need no move. Set
-	// once by NewManager; Shutdown stops and clears it under mu.
+	// opts.Cgroup, so children are born there and need no move. Set once,
+	// under mu, by the setup NewManager starts; Shutdown stops and clears
+	// it under mu.
 	spawner *threadSpawner
+	// spawnerSetup is closed when that setup is over, nil when there is
+	// none. Joining cgroups waits for RCU grace periods (milliseconds), so
+	// it runs while envd already serves; Start and Shutdown wait for it.
+	spawnerSetup chan struct{}
 }
 
 // NewManager returns an empty Manager.
@@ -54,14 +59,35 @@ func NewManager(log *slog.Logger, opts Options) *Manager {
 	}
 	m := &Manager{log: log, opts: opts, byPID: map[int]*Proc{}, byTag: map[string]*Proc{}}
 	if g, ok := opts.Cgroup.(cgroupDirs); ok {
-		s, err := newThreadSpawner(g.Dirs())
-		if err != nil {
-			log.Debug("processes are moved into the user cgroup after they start", "error", err)
-		} else {
-			m.spawner = s
-		}
+		m.spawnerSetup = make(chan struct{})
+		go m.setUpSpawner(g)
 	}
 	return m
+}
+
+// setUpSpawner starts the thread that forks in g's cgroups, unless the
+// Manager was shut down meanwhile.
+func (m *Manager) setUpSpawner(g cgroupDirs) {
+	defer close(m.spawnerSetup)
+	s, err := newThreadSpawner(g.Dirs())
+	if err != nil {
+		m.log.Debug("processes are moved into the user cgroup after they start", "error", err)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		s.stop()
+		return
+	}
+	m.spawner = s
+}
+
+// waitSpawner waits until the spawner's setup is over.
+func (m *Manager) waitSpawner() {
+	if m.spawnerSetup != nil {
+		<-m.spawnerSetup
+	}
 }
 
 // Proc is one started process. Its exported fields never change.
@@ -113,6 +139,7 @@ func (m *Manager) Start(spec Spec) (*Proc, *Subscription, error) {
 	if spec.Cmd == "" {
 		return nil, nil, fmt.Errorf("%w: process.cmd is empty", ErrInvalid)
 	}
+	m.waitSpawner()
 	path, err := lookPath(spec.Cmd, spec.Env, spec.Dir)
 	if err != nil {
 		return nil, nil, err
@@ -622,6 +649,7 @@ func (m *Manager) List() []*Proc {
 // Shutdown refuses new processes, kills the process group of every tracked
 // process and waits until they are untracked or ctx ends.
 func (m *Manager) Shutdown(ctx context.Context) error {
+	m.waitSpawner()
 	m.mu.Lock()
 	m.closed = true
 	if m.spawner != nil {

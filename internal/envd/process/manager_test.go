@@ -332,7 +332,10 @@ func (c *dirsCgroup) Add(pid int) error {
 // forks from a thread inside the user cgroup: children (commands and PTYs)
 // start there without a move, no other thread of envd joins, and once the
 // Manager shut down the group is empty and can be removed.
-func TestChildrenAreBornInAV1Cgroup(t *testing.T) {
+// v1TestCgroup makes a v1 group in the memory, pids and cpu hierarchies,
+// removed when the test ends (which fails while anything is still in it).
+func v1TestCgroup(t *testing.T) (*dirsCgroup, string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root to create cgroups")
 	}
@@ -362,9 +365,18 @@ func TestChildrenAreBornInAV1Cgroup(t *testing.T) {
 	if len(cg.dirs) == 0 {
 		t.Skipf("skipping: no v1 memory, pids or cpu hierarchy under %s", root)
 	}
+	return cg, group
+}
+
+func TestChildrenAreBornInAV1Cgroup(t *testing.T) {
+	cg, group := v1TestCgroup(t)
 	// Registered after the directories' cleanups, so it runs before them.
 	m := newManager(t, Options{Cgroup: cg})
-	if m.spawner == nil {
+	m.waitSpawner()
+	m.mu.Lock()
+	spawner := m.spawner
+	m.mu.Unlock()
+	if spawner == nil {
 		t.Fatal("the Manager moves processes instead of forking them in the group")
 	}
 	var inGroup int
@@ -425,6 +437,45 @@ func TestChildrenAreBornInAV1Cgroup(t *testing.T) {
 	for _, d := range cg.dirs {
 		if data, _ := os.ReadFile(filepath.Join(d, "tasks")); len(bytes.TrimSpace(data)) != 0 {
 			t.Errorf("%s still has tasks %q after Shutdown", d, data)
+		}
+	}
+}
+
+// A Manager shut down while it still joins the user cgroup ends its
+// spawning thread all the same, so the group empties and can be removed.
+func TestShutdownDuringSpawnerSetup(t *testing.T) {
+	cg, _ := v1TestCgroup(t)
+	for range 5 {
+		m := NewManager(slog.New(slog.DiscardHandler), Options{Cgroup: cg})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := m.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.mu.Lock()
+		left := m.spawner
+		m.mu.Unlock()
+		if left != nil {
+			t.Fatal("a spawner outlived Shutdown")
+		}
+		if _, _, err := m.Start(Spec{Cmd: "/bin/true", Dir: "/"}); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Start after Shutdown: %v, want ErrClosed", err)
+		}
+	}
+	// The cgroup's cleanup fails if the thread is still in it; wait for the
+	// exiting threads to leave first.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, d := range cg.dirs {
+		for {
+			data, _ := os.ReadFile(filepath.Join(d, "tasks"))
+			if len(bytes.TrimSpace(data)) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still holds %s", d, data)
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 }
