@@ -212,11 +212,20 @@ func Supervise(log *slog.Logger, cfg Config) int {
 	}
 	envd := cmd.Process.Pid
 	log.Info("envd started", "pid", envd, "path", cfg.Envd)
+	code := ForwardAndReap(log, sigs, envd)
+	log.Info("envd exited", "status", code)
+	return code
+}
 
+// ForwardAndReap is a PID 1's loop over sigs (subscribed to SIGCHLD and the
+// signals to pass on): it forwards every signal but SIGCHLD to child, reaps
+// every process that exits (orphans included), and returns child's exit
+// status once child is reaped, or 1 if sigs closes first.
+func ForwardAndReap(log *slog.Logger, sigs <-chan os.Signal, child int) int {
 	for sig := range sigs {
 		if sig != unix.SIGCHLD {
-			if err := unix.Kill(envd, sig.(syscall.Signal)); err != nil {
-				log.Warn("forward signal to envd", "signal", sig.String(), "error", err)
+			if err := unix.Kill(child, sig.(syscall.Signal)); err != nil {
+				log.Warn("forward signal", "pid", child, "signal", sig.String(), "error", err)
 			}
 			continue
 		}
@@ -230,10 +239,8 @@ func Supervise(log *slog.Logger, cfg Config) int {
 			if err != nil || pid <= 0 {
 				break
 			}
-			if pid == envd {
-				code := ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))
-				log.Info("envd exited", "status", code)
-				return code
+			if pid == child {
+				return ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))
 			}
 		}
 	}

@@ -30,7 +30,6 @@ import (
 	"os/exec"
 	"os/signal"
 	goruntime "runtime"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -83,29 +82,7 @@ func run(args []string) int {
 	defer close(stop)
 	go g.watch(*interval, *idle, stop)
 
-	for sig := range sigs {
-		if sig != unix.SIGCHLD {
-			if err := unix.Kill(child, sig.(syscall.Signal)); err != nil {
-				log.Warn("forward signal to init", "signal", sig.String(), "error", err)
-			}
-			continue
-		}
-		// SIGCHLDs coalesce: reap until nothing is left to reap.
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if err != nil || pid <= 0 {
-				break
-			}
-			if pid == child {
-				return pid1.ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))
-			}
-		}
-	}
-	return 1
+	return pid1.ForwardAndReap(log, sigs, child)
 }
 
 // watch checks the memory use until stop is closed: every interval above
