@@ -102,6 +102,16 @@ func (a *API) eventStream(w http.ResponseWriter, r *http.Request) {
 				if derr != nil || e.TeamID != team {
 					continue
 				}
+				// An outcome is published just before its writer records
+				// it; a client acting on the event at once must not read
+				// the status before it. The same idempotent compare-and-set
+				// as the writer's and the consumer's: a no-op once either
+				// has recorded it, or for a stale event.
+				if e.Generation > 0 {
+					if _, err := a.applyTransition(ctx, e); err != nil && ctx.Err() == nil {
+						a.reqLog(r).Warn("record event before streaming it", "sandbox_id", e.SandboxID, "err", err)
+					}
+				}
 				data, _ := json.Marshal(StatusChange{SandboxID: e.SandboxID, From: string(e.From), To: string(e.To), Actor: e.Actor, Error: e.Error, Time: e.Time})
 				if !write("id: " + m.ID + "\nevent: status\ndata: " + string(data) + "\n\n") {
 					return

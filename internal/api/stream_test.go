@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wrenn/wrenn/pkg/events"
+	"github.com/wrenn/wrenn/pkg/lifecycle"
 )
 
 // withStream serves GET /v1/events from a real Redis, with a short
@@ -147,5 +150,46 @@ func TestEventStream(t *testing.T) {
 		if got := sc.From + ">" + sc.To; got != want || sc.SandboxID != sid {
 			t.Errorf("replayed %s of %s, want %s", got, sc.SandboxID, want)
 		}
+	}
+}
+
+// An outcome whose writer has not recorded it yet (it is published first)
+// is recorded before the stream hands it to a client, so a read right
+// after the event agrees with it. A stale event stays unapplied.
+func TestEventStreamRecordsBeforeSending(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, withStream)
+	teamID, key := e.team(false)
+	hostID := e.host("h1")
+	srv := httptest.NewServer(e.h)
+	t.Cleanup(srv.Close)
+	t.Cleanup(e.api.CloseStreams)
+	sid := e.insertSandbox(teamID, hostID, "pausing")
+	var gen int64
+	must(t, e.pool.QueryRow(context.Background(), "SELECT generation FROM sandboxes WHERE id = $1", sid).Scan(&gen))
+
+	ch, _ := subscribe(t, srv, key, "")
+	if m := <-ch; m.comment != "connected" {
+		t.Fatalf("first message %+v", m)
+	}
+	pub := events.NewRedisPublisher(e.redis)
+	ctx := context.Background()
+	// A stale outcome of an earlier operation first, then the current one.
+	must(t, pub.Publish(ctx, events.Event{SandboxID: sid, TeamID: teamID, HostID: hostID, From: lifecycle.Pausing, To: lifecycle.Running, Generation: gen - 1, Actor: "worker", Time: time.Now()}))
+	must(t, pub.Publish(ctx, events.Event{SandboxID: sid, TeamID: teamID, HostID: hostID, From: lifecycle.Pausing, To: lifecycle.Paused, Generation: gen, Actor: "worker", Time: time.Now()}))
+	if _, sc := next(t, ch); sc.To != "running" {
+		t.Fatalf("first event %+v", sc)
+	}
+	if _, sc := next(t, ch); sc.SandboxID != sid || sc.To != "paused" {
+		t.Fatalf("second event %+v", sc)
+	}
+	var got Sandbox
+	if r := e.do("GET", "/v1/sandboxes/"+sid, key, nil); r.status != 200 {
+		t.Fatalf("get: %d", r.status)
+	} else {
+		r.decode(t, &got)
+	}
+	if got.Status != "paused" {
+		t.Errorf("right after the paused event the sandbox reads %s, want paused", got.Status)
 	}
 }
