@@ -63,9 +63,12 @@ func TestSIGHUPReopens(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
+	// The new file exists a moment before the writer switches to it, so
+	// wait until a record lands there.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := os.Stat(path); err == nil {
+		log.Info("probe")
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), "probe") {
 			break
 		}
 		if time.Now().After(deadline) {
