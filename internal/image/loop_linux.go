@@ -139,21 +139,37 @@ func mountLoop(file, target string, readOnly bool) error {
 }
 
 // unmountAll unmounts everything stacked at path. Not mounted (or missing)
-// is success; EBUSY is returned, so a caller never deletes what is still
-// mounted.
+// is success; a lasting EBUSY is returned, so a caller never deletes what
+// is still mounted. A short EBUSY is retried: while another process of the
+// host creates a mount namespace (runc, runsc's wrapper), the kernel holds
+// extra references to every mount it copies, and an unmount in that moment
+// sees the mount as busy.
 func unmountAll(path string) error {
-	for range 8 {
+	busy := 0
+	for unmounted := 0; unmounted < 8; {
 		err := unix.Unmount(path, 0)
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+		switch {
+		case err == nil:
+			unmounted++
+			busy = 0
+		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT):
 			return nil
+		case errors.Is(err, unix.EBUSY) && busy < unmountBusyRetries:
+			busy++
+			time.Sleep(unmountBusyWait)
+		default:
+			return fmt.Errorf("unmount %s: %w", path, err)
 		}
-		return fmt.Errorf("unmount %s: %w", path, err)
 	}
 	return fmt.Errorf("unmount %s: still mounted after 8 unmounts", path)
 }
+
+// An unmount answered EBUSY is tried again this often, this far apart
+// (200 ms in all), before the mount counts as in use.
+const (
+	unmountBusyRetries = 40
+	unmountBusyWait    = 5 * time.Millisecond
+)
 
 // loopsBackedBy lists the loop devices (names like "loop3") whose backing
 // file is path.
