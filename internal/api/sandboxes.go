@@ -234,45 +234,21 @@ func (a *API) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 // beginDestroy moves the sandbox to stopping and destroys it on its host in
 // the background; a sandbox stopping or stopped already is left as it is.
 func (a *API) beginDestroy(ctx context.Context, c service.Caller, sid string) error {
-	sb, err := a.sandboxOf(ctx, c.TeamID, sid)
-	if err != nil {
-		return err
-	}
-	log := a.log.With("request_id", RequestID(ctx))
-	// Retry when another writer moved the sandbox between our read and our
-	// compare-and-set; a handful of rounds settles any real race.
-	for range 5 {
-		from := lifecycle.Status(sb.Status)
-		if from == lifecycle.Stopping || from == lifecycle.Stopped {
-			return nil
-		}
-		if err := lifecycle.Check(from, lifecycle.Stopping); err != nil {
-			return err
-		}
-		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
-			ID: sb.ID, TeamID: sb.TeamID, Expected: string(from), Generation: sb.Generation, Status: string(lifecycle.Stopping),
-		})
-		if err == nil {
-			host, herr := a.q.GetHost(ctx, moved.HostID)
-			if herr != nil {
-				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the sandbox's host is unknown", c.Actor)
-				return fmt.Errorf("get host %s: %w", moved.HostID, herr)
+	return a.beginMove(ctx, c, sid, move{
+		via: lifecycle.Stopping,
+		accept: func(sb db.Sandbox) (bool, error) {
+			from := lifecycle.Status(sb.Status)
+			if from == lifecycle.Stopping || from == lifecycle.Stopped {
+				return true, nil
 			}
-			a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: lifecycle.Stopping, Generation: sb.Generation, Actor: c.Actor})
-			if err := a.goBackground(func(ctx context.Context) { a.stopSandbox(ctx, moved, host.Address, c.Actor) }); err != nil {
-				a.settleError(context.WithoutCancel(ctx), moved, lifecycle.Stopping, "the control plane shut down before the sandbox was stopped; delete it again", c.Actor)
-				return err
-			}
-			return nil
-		}
-		if !isNoRows(err) {
-			return fmt.Errorf("mark sandbox stopping: %w", err)
-		}
-		if sb, err = a.sandboxOf(ctx, c.TeamID, sid); err != nil {
-			return err
-		}
-	}
-	return conflict("the sandbox is changing state; try again")
+			return false, lifecycle.Check(from, lifecycle.Stopping)
+		},
+		run: a.stopSandbox,
+		abandon: func(ctx context.Context, moved db.Sandbox, why, actor string) {
+			a.settleError(ctx, moved, lifecycle.Stopping, why, actor)
+		},
+		shutdown: "the control plane shut down before the sandbox was stopped; delete it again",
+	})
 }
 
 // stopSandbox destroys sb on its host and records stopped, or error when the

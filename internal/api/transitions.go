@@ -78,39 +78,78 @@ func wrongState(sb db.Sandbox, what string) *Error {
 // in the background; a sandbox where op is under way or done is left as it
 // is.
 func (a *API) beginOp(ctx context.Context, c service.Caller, sid string, op asyncOp) error {
+	return a.beginMove(ctx, c, sid, move{
+		via: op.via,
+		accept: func(sb db.Sandbox) (bool, error) {
+			cur := lifecycle.Status(sb.Status)
+			if slices.Contains(op.noop, cur) {
+				return true, nil
+			}
+			if cur != op.from {
+				return false, wrongState(sb, fmt.Sprintf("only a %s sandbox can be %sd", op.from, op.verb))
+			}
+			return false, nil
+		},
+		run: func(ctx context.Context, moved db.Sandbox, address, actor string) {
+			a.runOp(ctx, op, moved, address, actor)
+		},
+		abandon: func(ctx context.Context, moved db.Sandbox, why, actor string) {
+			a.settleStatus(ctx, moved, op.via, op.fail, why, actor)
+		},
+		shutdown: "the control plane shut down before the sandbox could be " + op.verb + "d",
+	})
+}
+
+// move is a user-started transition as beginMove runs it.
+type move struct {
+	// via is the transient status the sandbox is moved to at once.
+	via lifecycle.Status
+	// accept judges the sandbox as read: done means the move is under way
+	// or over already (nothing to do), an error refuses it.
+	accept func(sb db.Sandbox) (done bool, err error)
+	// run does the host's part in the background; moved is the row as the
+	// move to via left it.
+	run func(ctx context.Context, moved db.Sandbox, address, actor string)
+	// abandon settles moved out of via when run cannot be started, why
+	// saying so.
+	abandon func(ctx context.Context, moved db.Sandbox, why, actor string)
+	// shutdown is why, when the control plane is shutting down.
+	shutdown string
+}
+
+// beginMove moves the sandbox to m.via with a compare-and-set, publishes
+// that, and starts m.run in the background. It retries when another writer
+// moved the sandbox between the read and the compare-and-set; a handful of
+// rounds settles any real race.
+func (a *API) beginMove(ctx context.Context, c service.Caller, sid string, m move) error {
 	sb, err := a.sandboxOf(ctx, c.TeamID, sid)
 	if err != nil {
 		return err
 	}
 	log := a.log.With("request_id", RequestID(ctx))
-	// Retry when another writer moved the sandbox between our read and our
-	// compare-and-set.
 	for range 5 {
-		cur := lifecycle.Status(sb.Status)
-		if slices.Contains(op.noop, cur) {
-			return nil
+		if done, err := m.accept(sb); done || err != nil {
+			return err
 		}
-		if cur != op.from {
-			return wrongState(sb, fmt.Sprintf("only a %s sandbox can be %sd", op.from, op.verb))
-		}
+		from := lifecycle.Status(sb.Status)
 		moved, err := a.q.UpdateSandboxStatusIf(ctx, db.UpdateSandboxStatusIfParams{
-			ID: sb.ID, TeamID: sb.TeamID, Expected: string(op.from), Generation: sb.Generation, Status: string(op.via),
+			ID: sb.ID, TeamID: sb.TeamID, Expected: string(from), Generation: sb.Generation, Status: string(m.via),
 		})
 		if err == nil {
-			a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: op.from, To: op.via, Generation: sb.Generation, Actor: c.Actor})
+			a.publish(ctx, log, events.Event{SandboxID: sb.ID, TeamID: sb.TeamID, HostID: sb.HostID, From: from, To: m.via, Generation: sb.Generation, Actor: c.Actor})
 			host, herr := a.q.GetHost(ctx, moved.HostID)
 			if herr != nil {
-				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the sandbox's host is unknown", c.Actor)
+				m.abandon(context.WithoutCancel(ctx), moved, "the sandbox's host is unknown", c.Actor)
 				return fmt.Errorf("get host %s: %w", moved.HostID, herr)
 			}
-			if err := a.goBackground(func(ctx context.Context) { a.runOp(ctx, op, moved, host.Address, c.Actor) }); err != nil {
-				a.settleStatus(context.WithoutCancel(ctx), moved, op.via, op.fail, "the control plane shut down before the sandbox could be "+op.verb+"d", c.Actor)
+			if err := a.goBackground(func(ctx context.Context) { m.run(ctx, moved, host.Address, c.Actor) }); err != nil {
+				m.abandon(context.WithoutCancel(ctx), moved, m.shutdown, c.Actor)
 				return err
 			}
 			return nil
 		}
 		if !isNoRows(err) {
-			return fmt.Errorf("mark sandbox %s: %w", op.via, err)
+			return fmt.Errorf("mark sandbox %s: %w", m.via, err)
 		}
 		if sb, err = a.sandboxOf(ctx, c.TeamID, sid); err != nil {
 			return err
