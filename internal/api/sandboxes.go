@@ -326,21 +326,7 @@ func (a *API) execSandbox(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	sb, err := a.loadSandbox(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if sb.Status != string(lifecycle.Running) {
-		a.fail(w, r, conflict(fmt.Sprintf("sandbox %s is %s; commands run only in a running sandbox", sb.ID, sb.Status)))
-		return
-	}
-	host, err := a.q.GetHost(r.Context(), sb.HostID)
-	if err != nil {
-		a.fail(w, r, fmt.Errorf("get host %s: %w", sb.HostID, err))
-		return
-	}
-	agent, err := a.d.Agents.Agent(host.ID, host.Address)
+	sb, agent, err := a.runningSandbox(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return

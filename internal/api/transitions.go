@@ -266,16 +266,7 @@ func (a *API) hostAgent(ctx context.Context, sb db.Sandbox) (hostclient.Agent, e
 
 // pingSandbox counts as activity, restarting the sandbox's inactivity timer.
 func (a *API) pingSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := a.loadSandbox(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	if sb.Status != string(lifecycle.Running) {
-		a.fail(w, r, wrongState(sb, "only a running sandbox can be pinged; resume it first"))
-		return
-	}
-	agent, err := a.hostAgent(r.Context(), sb)
+	sb, agent, err := a.runningSandbox(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
