@@ -404,7 +404,7 @@ func (m *Manager) Destroy(ctx context.Context, sandboxID string) error {
 	defer sb.op.Unlock()
 	if sb.State == StateDestroying {
 		// A concurrent destroy finished while we waited.
-		return fmt.Errorf("%w: sandbox %s", ErrNotFound, sandboxID)
+		return goneError(sandboxID)
 	}
 	return m.destroyLocked(ctx, sb)
 }
@@ -471,7 +471,7 @@ func (m *Manager) get(sandboxID string) (*Sandbox, error) {
 	defer m.mu.Unlock()
 	sb, ok := m.sandboxes[sandboxID]
 	if !ok {
-		return nil, fmt.Errorf("%w: no sandbox %s on this host", ErrNotFound, sandboxID)
+		return nil, goneError(sandboxID)
 	}
 	return sb, nil
 }
