@@ -243,6 +243,11 @@ func (c *Client) Exec(ctx context.Context, in ExecRequest) (*ExecResult, error) 
 			end := ev.GetEnd()
 			res.ExitCode = end.GetExitCode()
 			res.Duration = time.Since(start)
+			// Read on to the end-of-stream message: a response left unread
+			// makes the transport close the connection, and the next call
+			// would pay for a new one.
+			for stream.Receive() {
+			}
 			return res, nil
 		}
 	}
