@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -90,9 +89,13 @@ func (s *threadSpawner) run(dirs []string, joined chan<- error) {
 	}
 	defer close(s.done)
 	s.tid = unix.Gettid()
-	tid := []byte(strconv.Itoa(s.tid))
+	// "0" is the writing thread itself, which the kernel moves without
+	// taking the global threadgroup lock: that lock's write side waits for
+	// an RCU grace period. Moving into the three groups took 5 to 14 ms
+	// here when written as the thread's id and 0.2 ms as "0", and the
+	// sandbox's first command waits for it.
 	for _, d := range dirs {
-		if err := os.WriteFile(filepath.Join(d, "tasks"), tid, 0); err != nil {
+		if err := os.WriteFile(filepath.Join(d, "tasks"), []byte("0"), 0); err != nil {
 			joined <- fmt.Errorf("move envd's spawning thread into cgroup %s: %w", d, err)
 			return
 		}
