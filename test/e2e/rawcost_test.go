@@ -13,6 +13,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +37,10 @@ import (
 // test made. Wrenn is POST /v1/sandboxes until the event stream says it
 // runs and a read of it confirms so, then the first exec of `true`, all
 // through the REST API. The issue's target is wrenn-p50 ≤ 1.5 × raw-p50.
+//
+// Beside the totals it reports their parts: raw's `runc run` alone, a
+// second exec in the same sandbox (what a first one costs above it), and
+// the p50 of each step of the agent's own log line for the create.
 func BenchmarkCreateRawVsWrenn(b *testing.B) {
 	s := startStack(b)
 	b.Cleanup(func() {
@@ -53,13 +58,13 @@ func BenchmarkCreateRawVsWrenn(b *testing.B) {
 	}
 	r := newRawRunc(b, img)
 
-	var raw, wrenn, rawDisk, rawRunc, wrennRunning, wrennExec []time.Duration
+	var raw, wrenn, rawDisk, rawRunc, rawRuncRun, wrennRunning, wrennExec, wrennExec2 []time.Duration
 	w := s.watchStatus()
 	b.Cleanup(w.close)
 	b.ResetTimer()
 	for i := range b.N {
-		d, disk, run := r.once(b, i)
-		raw, rawDisk, rawRunc = append(raw, d), append(rawDisk, disk), append(rawRunc, run)
+		d, disk, runcRun, run := r.once(b, i)
+		raw, rawDisk, rawRunc, rawRuncRun = append(raw, d), append(rawDisk, disk), append(rawRunc, run), append(rawRuncRun, runcRun)
 
 		start := time.Now()
 		var sb sandbox
@@ -76,6 +81,9 @@ func BenchmarkCreateRawVsWrenn(b *testing.B) {
 		}
 		wrenn, wrennRunning, wrennExec = append(wrenn, total), append(wrennRunning, running), append(wrennExec, total-running)
 		b.StopTimer()
+		second := time.Now()
+		s.mustDo(http.MethodPost, "/v1/sandboxes/"+sb.ID+"/exec", map[string]any{"cmd": "true"}, http.StatusOK, &res)
+		wrennExec2 = append(wrennExec2, time.Since(second))
 		s.mustDo(http.MethodDelete, "/v1/sandboxes/"+sb.ID, nil, http.StatusAccepted, nil)
 		s.waitStatus(sb.ID, "stopped", time.Minute)
 		b.StartTimer()
@@ -84,12 +92,48 @@ func BenchmarkCreateRawVsWrenn(b *testing.B) {
 	rawP50, wrennP50 := p50(raw), p50(wrenn)
 	reportPair(b, "raw", raw)
 	reportPair(b, "raw-disk", rawDisk)
+	reportPair(b, "raw-runc-run", rawRuncRun)
 	reportPair(b, "raw-runc-health", rawRunc)
 	reportPair(b, "wrenn", wrenn)
 	reportPair(b, "wrenn-running", wrennRunning)
 	reportPair(b, "wrenn-exec", wrennExec)
+	reportPair(b, "wrenn-second-exec", wrennExec2)
 	if rawP50 > 0 {
 		b.ReportMetric(float64(wrennP50)/float64(rawP50), "wrenn/raw")
+	}
+	reportBootSteps(b, s.agent.log)
+}
+
+// reportBootSteps reports the p50 of each step the agent logs for a create
+// ("sandbox running" with rootfs_ms, network_ms, runtime_ms and envd_ms), so
+// a run shows where Wrenn's share of the time went.
+func reportBootSteps(b *testing.B, agentLog string) {
+	text, err := os.ReadFile(agentLog)
+	if err != nil {
+		b.Errorf("read agent log: %v", err)
+		return
+	}
+	steps := map[string][]time.Duration{}
+	for _, line := range strings.Split(string(text), "\n") {
+		if !strings.Contains(line, `msg="sandbox running"`) {
+			continue
+		}
+		for _, field := range strings.Fields(line) {
+			k, v, ok := strings.Cut(field, "=")
+			if !ok || !strings.HasSuffix(k, "_ms") {
+				continue
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				continue
+			}
+			steps[k] = append(steps[k], time.Duration(f*float64(time.Millisecond)))
+		}
+	}
+	for _, k := range []string{"rootfs_ms", "network_ms", "runtime_ms", "envd_ms", "duration_ms"} {
+		if l := steps[k]; len(l) > 0 {
+			b.ReportMetric(float64(p50(l).Microseconds())/1000, "agent-"+strings.TrimSuffix(k, "_ms")+"-p50-ms")
+		}
 	}
 }
 
@@ -163,8 +207,9 @@ func newRawRunc(b *testing.B, img string) *rawRunc {
 }
 
 // once runs one raw create and tears it down untimed. It returns the total,
-// the disk and overlay part, and the runc-until-health part.
-func (r *rawRunc) once(b *testing.B, i int) (total, disk, run time.Duration) {
+// the disk and overlay part, the part until `runc run` returned and the
+// runc-until-health part.
+func (r *rawRunc) once(b *testing.B, i int) (total, disk, runcRun, run time.Duration) {
 	id := fmt.Sprintf("wrenn-rawbench-%d-%d", os.Getpid(), i)
 	sbDir := filepath.Join(r.dir, id)
 	diskFile, diskDir, rootfs := filepath.Join(sbDir, "disk.ext4"), filepath.Join(sbDir, "disk"), filepath.Join(sbDir, "rootfs")
@@ -225,6 +270,7 @@ func (r *rawRunc) once(b *testing.B, i int) (total, disk, run time.Duration) {
 	cmd := exec.Command("runc", "--root", r.root, "--log", filepath.Join(sbDir, "runc.log"), "run", "--detach", "--bundle", sbDir, id)
 	cmd.Stdout, cmd.Stderr = out, out
 	err = cmd.Run()
+	runcRun = time.Since(runStart)
 	out.Close()
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(sbDir, "runc.log"))
@@ -251,7 +297,7 @@ func (r *rawRunc) once(b *testing.B, i int) (total, disk, run time.Duration) {
 	b.StopTimer()
 	teardown()
 	b.StartTimer()
-	return total, disk, run
+	return total, disk, runcRun, run
 }
 
 // config is `runc spec`'s default with what the agent's spec also sets:
