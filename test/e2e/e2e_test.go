@@ -55,6 +55,10 @@ func TestSandboxLifecycle(t *testing.T) {
 			{"env and cwd", map[string]any{"cmd": "pwd; echo $GREETING", "env": map[string]string{"GREETING": "hello"}, "cwd": "/tmp"}, "/tmp\nhello\n", "", 0},
 			{"isolated pid namespace", map[string]any{"cmd": "cat /proc/1/cmdline | tr '\\0' ' '"}, "/usr/local/bin/wrenn-init ", "", 0},
 			{"hostname is the sandbox id", map[string]any{"cmd": "hostname"}, created.ID + "\n", "", 0},
+			// sudo and others resolve their own name; unresolved, sudo warns
+			// on every run.
+			{"hostname resolves", map[string]any{"cmd": "getent hosts \"$(hostname)\" | awk '{print $1}'"}, "127.0.1.1\n", "", 0},
+			{"sudo without warnings", map[string]any{"cmd": "sudo true", "user": "wrenn-user"}, "", "", 0},
 			{"as wrenn-user", map[string]any{"cmd": "id -un", "user": "wrenn-user"}, "wrenn-user\n", "", 0},
 		}
 		for _, tc := range tests {

@@ -133,9 +133,15 @@ func linkDev(log *slog.Logger) {
 func Setup(log *slog.Logger, cfg Config) error {
 	var errs []error
 	if cfg.Hostname != "" {
-		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
-			errs = append(errs, fmt.Errorf("set hostname %q: %w", cfg.Hostname, err))
-		} else if err := ensureHostsEntry("/etc/hosts", cfg.Hostname); err != nil {
+		// A runtime that gave the sandbox its own UTS namespace has set the
+		// name already, and root inside may not (no CAP_SYS_ADMIN): only
+		// a different name is set, and /etc/hosts gets the entry either way.
+		if cur, err := os.Hostname(); err != nil || cur != cfg.Hostname {
+			if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+				errs = append(errs, fmt.Errorf("set hostname %q: %w", cfg.Hostname, err))
+			}
+		}
+		if err := ensureHostsEntry("/etc/hosts", cfg.Hostname); err != nil {
 			// Not fatal: only tools that resolve their own name care.
 			log.Warn("add hostname to /etc/hosts", "error", err)
 		}
