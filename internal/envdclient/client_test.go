@@ -14,30 +14,27 @@ import (
 )
 
 // bootTransport plays an envd that is not listening for the first refused
-// probes, then drops one probe (a SYN lost on a fresh veth: no answer until
-// the caller gives up), then answers.
+// attempts, then drops one (a SYN lost on a fresh veth: no answer until the
+// caller gives up), then answers /init.
 type bootTransport struct {
 	mu      sync.Mutex
 	refused int
 	dropped int
-	health  int
 	inits   []string
 }
 
 func (b *bootTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	b.mu.Lock()
 	switch {
-	case r.URL.Path == "/health" && b.refused > 0:
+	case b.refused > 0:
 		b.refused--
 		b.mu.Unlock()
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
-	case r.URL.Path == "/health" && b.dropped > 0:
+	case b.dropped > 0:
 		b.dropped--
 		b.mu.Unlock()
 		<-r.Context().Done()
 		return nil, r.Context().Err()
-	case r.URL.Path == "/health":
-		b.health++
 	case r.URL.Path == "/init":
 		body, _ := io.ReadAll(r.Body)
 		b.inits = append(b.inits, string(body))
@@ -59,16 +56,17 @@ func TestInitWhenUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Five refused probes a millisecond apart and one dropped probe given
-	// up after its 5 ms: well under the second TCP would wait.
+	// Five refused attempts 250 µs apart and one dropped attempt given up
+	// after its 5 ms: well under the second TCP would wait.
 	if took := time.Since(start); took > 500*time.Millisecond {
 		t.Errorf("took %s", took)
 	}
-	if calls != 1 || len(tr.inits) != 1 || !strings.Contains(tr.inits[0], `"accessToken":"tok"`) {
-		t.Errorf("init built %d times, sent %q", calls, tr.inits)
+	// Built afresh for each of the 7 attempts, answered once.
+	if calls != 7 || len(tr.inits) != 1 || !strings.Contains(tr.inits[0], `"accessToken":"tok"`) {
+		t.Errorf("init built %d times, answered %q", calls, tr.inits)
 	}
-	if tr.refused != 0 || tr.dropped != 0 || tr.health != 1 {
-		t.Errorf("probes left: refused %d dropped %d; answered %d", tr.refused, tr.dropped, tr.health)
+	if tr.refused != 0 || tr.dropped != 0 {
+		t.Errorf("attempts left: refused %d dropped %d", tr.refused, tr.dropped)
 	}
 }
 
@@ -97,9 +95,9 @@ func TestInitWhenUpGivesUp(t *testing.T) {
 	}
 }
 
-// A probe answered with an error status is not retried: envd is there and
-// says something is wrong.
-func TestInitWhenUpHealthError(t *testing.T) {
+// An attempt answered with an error status is not retried: envd is there
+// and says something is wrong.
+func TestInitWhenUpAnswerError(t *testing.T) {
 	t.Parallel()
 	c := New(roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		return &http.Response{StatusCode: http.StatusInternalServerError, Status: "500 Internal Server Error", Body: http.NoBody, Request: r}, nil
