@@ -59,6 +59,8 @@ func TestSandboxLifecycle(t *testing.T) {
 			// on every run.
 			{"hostname resolves", map[string]any{"cmd": "getent hosts \"$(hostname)\" | awk '{print $1}'"}, "127.0.1.1\n", "", 0},
 			{"sudo without warnings", map[string]any{"cmd": "sudo true", "user": "wrenn-user"}, "", "", 0},
+			// The seccomp profile refuses new user namespaces.
+			{"no user namespaces", map[string]any{"cmd": "unshare -U true 2>/dev/null; echo $?"}, "1\n", "", 0},
 			{"as wrenn-user", map[string]any{"cmd": "id -un", "user": "wrenn-user"}, "wrenn-user\n", "", 0},
 		}
 		for _, tc := range tests {

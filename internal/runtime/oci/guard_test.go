@@ -55,6 +55,10 @@ func TestGuardedSpec(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	spec := readSpec(t, s.StateDir)
+	// gVisor answers syscalls itself: no host seccomp profile.
+	if spec.Linux.Seccomp != nil {
+		t.Errorf("runsc sandbox got a seccomp profile: %+v", spec.Linux.Seccomp)
+	}
 	// The init runs under the guard with the sandbox's own limit...
 	want := []string{guardPath, "-limit", strconv.FormatInt(int64(s.MemoryMB)<<20, 10), "--", s.Args[0]}
 	if !slices.Equal(spec.Process.Args, want) {

@@ -74,6 +74,7 @@ type ociLinux struct {
 	Resources     ociResources `json:"resources"`
 	MaskedPaths   []string     `json:"maskedPaths"`
 	ReadonlyPaths []string     `json:"readonlyPaths"`
+	Seccomp       *ociSeccomp  `json:"seccomp,omitempty"`
 }
 
 type ociNS struct {
@@ -316,6 +317,11 @@ func (d *Driver) sandboxSpec(s runtime.Spec) (ociSpec, error) {
 	}
 	if d.delegates() {
 		d.delegateCgroups(&spec, s.ID)
+	}
+	if d.cfg.Name != RunscName {
+		// gVisor's Sentry answers the sandbox's syscalls itself and runs
+		// under a filter of its own; on runc they reach the host kernel.
+		spec.Linux.Seccomp = sandboxSeccomp()
 	}
 	if d.cfg.Name != RunscName && canLowerOOMScore() {
 		adj := InitOOMScoreAdj
