@@ -353,6 +353,7 @@ func (m *Manager) boot(ctx context.Context, sb *Sandbox, steps *bootSteps) error
 	// listen by then. Until it does, connects to the sandbox's address are
 	// refused and retried.
 	sb.envd = envdclient.New(m.o.EnvdTransport, sb.Link.GuestIP, sb.Token)
+	sb.release.add("close envd connections", func(context.Context) error { sb.envd.Close(); return nil })
 	bootCtx, cancelBoot := context.WithTimeout(ctx, bootTimeout)
 	defer cancelBoot()
 	initDone := make(chan error, 1)

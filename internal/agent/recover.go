@@ -109,6 +109,7 @@ func (m *Manager) adopt(ctx context.Context, name string) (*Sandbox, error) {
 	sb.release.add("tear down network", func(ctx context.Context) error { return m.o.Network.Teardown(ctx, link) })
 	sb.release.add("destroy in runtime", func(ctx context.Context) error { return m.o.Runtime.Destroy(ctx, sb.ID) })
 	sb.envd = envdclient.New(m.o.EnvdTransport, link.GuestIP, sb.Token)
+	sb.release.add("close envd connections", func(context.Context) error { sb.envd.Close(); return nil })
 	// Idle time is counted from re-adoption: the agent cannot know how long
 	// the sandbox was idle while it was down.
 	m.touch(sb)

@@ -59,13 +59,26 @@ type Client struct {
 }
 
 // New returns a client for the envd at ip, authenticating with token once
-// envd has been initialised with it.
+// envd has been initialised with it. An *http.Transport is cloned, so each
+// sandbox's connections are its own and Close can end them: a kept-alive
+// connection to a destroyed sandbox must not serve the next sandbox given
+// the same address, which answers it with a reset (gVisor's network stack
+// dies without closing its connections, so they stay in a shared pool).
 func New(transport http.RoundTripper, ip net.IP, token string) *Client {
+	if t, ok := transport.(*http.Transport); ok {
+		transport = t.Clone()
+	}
 	base := "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(Port))
 	hc := &http.Client{Transport: transport}
 	c := &Client{base: base, token: token, http: hc}
 	c.process = processconnect.NewProcessClient(hc, base, connect.WithInterceptors(tokenHeader(token)))
 	return c
+}
+
+// Close closes the client's idle connections; calls still running end on
+// their own. Call it when the sandbox goes.
+func (c *Client) Close() {
+	c.http.CloseIdleConnections()
 }
 
 // Boot polling: envd usually listens a few milliseconds after its init

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -18,7 +19,46 @@ import (
 // that they share one connection: a stream left unread to its end makes the
 // transport close the connection, and every command would pay for a dial.
 func TestExecReusesConnection(t *testing.T) {
-	// Port is fixed, so the envd gets a loopback address of its own.
+	ip := startEnvd(t)
+	tr, dials := countingTransport(t)
+	c := New(tr, ip, "")
+	for i := range 3 {
+		execEcho(t, c, i)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("3 commands dialled %d connections, want 1", n)
+	}
+}
+
+// TestClientsKeepOwnConnections checks that clients made from one transport
+// do not share connections and that Close ends a client's: a sandbox's
+// kept-alive connection must not serve the next sandbox on its address.
+func TestClientsKeepOwnConnections(t *testing.T) {
+	ip := startEnvd(t)
+	tr, dials := countingTransport(t)
+	a, b := New(tr, ip, ""), New(tr, ip, "")
+	execEcho(t, a, 1)
+	execEcho(t, b, 2)
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("two clients dialled %d connections, want one each", n)
+	}
+	a.Close()
+	execEcho(t, b, 3)
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("closing one client cost the other its connection (%d dials)", n)
+	}
+	execEcho(t, a, 4)
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("a closed client reused a connection (%d dials, want 3)", n)
+	}
+	a.Close()
+	b.Close()
+}
+
+// startEnvd serves a real envd on a loopback address of its own (the port
+// is fixed) until t ends, and returns the address.
+func startEnvd(t *testing.T) net.IP {
+	t.Helper()
 	ip := net.IPv4(127, byte(10+rand.IntN(200)), byte(rand.IntN(250)), byte(1+rand.IntN(250)))
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(Port)))
 	if err != nil {
@@ -34,26 +74,30 @@ func TestExecReusesConnection(t *testing.T) {
 			t.Errorf("serve: %v", err)
 		}
 	})
+	return ip
+}
 
+// countingTransport is NewTransport with a count of its dials, which its
+// clones share.
+func countingTransport(t *testing.T) (*http.Transport, *atomic.Int32) {
 	tr := NewTransport()
 	t.Cleanup(tr.CloseIdleConnections)
-	var dials atomic.Int32
+	dials := new(atomic.Int32)
 	dial := tr.DialContext
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		dials.Add(1)
 		return dial(ctx, network, addr)
 	}
-	c := New(tr, ip, "")
-	for i := range 3 {
-		res, err := c.Exec(context.Background(), ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", fmt.Sprintf("echo %d", i)}, Timeout: 10 * time.Second})
-		if err != nil {
-			t.Fatalf("exec %d: %v", i, err)
-		}
-		if res.ExitCode != 0 || string(res.Stdout) != fmt.Sprintf("%d\n", i) {
-			t.Fatalf("exec %d: exit %d, stdout %q", i, res.ExitCode, res.Stdout)
-		}
+	return tr, dials
+}
+
+func execEcho(t *testing.T, c *Client, i int) {
+	t.Helper()
+	res, err := c.Exec(context.Background(), ExecRequest{Cmd: "/bin/sh", Args: []string{"-c", fmt.Sprintf("echo %d", i)}, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("exec %d: %v", i, err)
 	}
-	if n := dials.Load(); n != 1 {
-		t.Fatalf("3 commands dialled %d connections, want 1", n)
+	if res.ExitCode != 0 || string(res.Stdout) != fmt.Sprintf("%d\n", i) {
+		t.Fatalf("exec %d: exit %d, stdout %q", i, res.ExitCode, res.Stdout)
 	}
 }
