@@ -125,6 +125,18 @@ func utsString(b []int8) string {
 // agent: POST /v1/sandboxes until the sandbox reads running, p50 and p95.
 func BenchmarkCreateToRunningRunsc(b *testing.B) {
 	s := startStack(b, withRuntime(oci.RunscName))
+	// A failed create's reason is in the control plane's warning, not in
+	// the status the benchmark sees.
+	b.Cleanup(func() {
+		if b.Failed() {
+			all, _ := os.ReadFile(filepath.Join(s.dir, "control-plane.stderr"))
+			for _, l := range strings.Split(string(all), "\n") {
+				if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+					b.Log(l)
+				}
+			}
+		}
+	})
 	var lat []time.Duration
 	b.ResetTimer()
 	for range b.N {

@@ -296,8 +296,8 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (err error) {
 		if st, err := d.state(ctx, s.ID); err == nil {
 			status = st.Status
 		}
-		return fmt.Errorf("start sandbox %s: init is %s right after start (its output is in %s)",
-			s.ID, status, filepath.Join(s.StateDir, initLog))
+		return fmt.Errorf("start sandbox %s: init is %s right after start; its output ends: %q",
+			s.ID, status, logTail(filepath.Join(s.StateDir, initLog), 512))
 	}
 	d.log.LogAttrs(ctx, slog.LevelInfo, "sandbox created", slog.String("sandbox_id", s.ID),
 		slog.Int("pid", pid), slog.Duration("took", time.Since(start)))
@@ -324,6 +324,21 @@ func (d *Driver) has(ctx context.Context, id string) (bool, error) {
 
 // initAlive reads the pid the runtime wrote and reports whether that
 // process exists and is not a zombie.
+// logTail is the last n bytes of the file at path, for an error message
+// that must outlive the file (the failed sandbox's directory goes with it).
+func logTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(unreadable: %v)", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		_, _ = f.Seek(fi.Size()-n, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, n))
+	return strings.TrimSpace(string(b))
+}
+
 func initAlive(pidFile string) (int, bool) {
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
