@@ -193,6 +193,12 @@ func (p *diskPool) refill() {
 		// serve others at low priority.
 		runtime.LockOSThread()
 		lowerThreadPriority(p.log)
+		// Let the boot that took the disk finish first: mkfs's I/O and
+		// fsyncs otherwise land in the middle of it.
+		select {
+		case <-p.ctx.Done():
+		case <-time.After(refillDelay):
+		}
 		for {
 			p.mu.Lock()
 			if p.closed || len(p.ready) >= p.target {
@@ -213,6 +219,10 @@ func (p *diskPool) refill() {
 		}
 	}()
 }
+
+// refillDelay is how long a refill waits before its first mkfs: longer
+// than a create's boot, which it would slow.
+const refillDelay = 200 * time.Millisecond
 
 // ioprioClassIdle is IOPRIO_CLASS_IDLE in ioprio_set's encoding: I/O only
 // when no one else wants the disk.
