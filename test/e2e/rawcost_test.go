@@ -89,10 +89,16 @@ func BenchmarkCreateRawVsWrenn(b *testing.B) {
 		s.waitStatus(sb.ID, "stopped", time.Minute)
 		b.StartTimer()
 	}
+	pool := filepath.Join(s.dir, "run", "disks")
+	full := readyDisks(b, pool)
 	for i := range b.N {
+		b.StopTimer()
+		waitDisks(b, pool, full)
+		b.StartTimer()
 		// Each side's teardown leaves the machine some work (released loop
-		// devices, the agent's disk pool refill) that the create after it
-		// meets; taking turns at going first shares that out.
+		// devices) that the create after it meets; taking turns at going
+		// first shares that out. The agent's disk pool refill is waited
+		// out above.
 		if i%2 == 0 {
 			rawOnce(i)
 			wrennOnce()
@@ -147,6 +153,31 @@ func reportBootSteps(b *testing.B, agentLog string) {
 		if l := steps[k]; len(l) > 0 {
 			b.ReportMetric(float64(p50(l).Microseconds())/1000, "agent-"+strings.TrimSuffix(k, "_ms")+"-p50-ms")
 		}
+	}
+}
+
+// readyDisks counts the formatted disks in the agent's disk pool at dir,
+// leaving out one being formatted (".tmp").
+func readyDisks(b *testing.B, dir string) int {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		b.Fatalf("read the agent's disk pool: %v", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".tmp") {
+			n++
+		}
+	}
+	return n
+}
+
+// waitDisks waits, for up to 5 s, until the agent's disk pool holds n
+// formatted disks again: its refill after a create runs mkfs, which
+// neither side of the next iteration should meet.
+func waitDisks(b *testing.B, dir string, n int) {
+	for deadline := time.Now().Add(5 * time.Second); readyDisks(b, dir) < n && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
