@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"mime/multipart"
@@ -131,6 +132,35 @@ func TestFilesUploadAndDownload(t *testing.T) {
 	}
 	if plain, _ := io.ReadAll(zr); !bytes.Equal(plain, content) {
 		t.Fatalf("gunzipped %d bytes, want %d", len(plain), len(content))
+	}
+	// Not compressed: a range, a file too small to gain, and bytes that do
+	// not compress, each sent as they are.
+	random := make([]byte, 256<<10)
+	if _, err := rand.Read(random); err != nil {
+		t.Fatal(err)
+	}
+	small, noise := filepath.Join(dir, "small.txt"), filepath.Join(dir, "noise.bin")
+	if err := os.WriteFile(small, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(noise, random, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		path    string
+		headers map[string]string
+		code    int
+		want    []byte
+	}{
+		{"range", p, map[string]string{"Accept-Encoding": "gzip", "Range": "bytes=0-5"}, 206, []byte("binary")},
+		{"small", small, map[string]string{"Accept-Encoding": "gzip"}, 200, []byte("hello")},
+		{"incompressible", noise, map[string]string{"Accept-Encoding": "gzip"}, 200, random},
+	} {
+		resp, got := getFile(t, e, url.Values{"path": {tc.path}}, tc.headers)
+		if resp.StatusCode != tc.code || resp.Header.Get("Content-Encoding") != "" || !bytes.Equal(got, tc.want) {
+			t.Errorf("%s GET = %d %v, %d bytes; want %d, not encoded, %d bytes", tc.name, resp.StatusCode, resp.Header, len(got), tc.code, len(tc.want))
+		}
 	}
 
 	// Errors carry the status the SDKs map.
