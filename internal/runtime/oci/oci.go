@@ -322,8 +322,6 @@ func (d *Driver) has(ctx context.Context, id string) (bool, error) {
 	return len(matches) > 0, nil
 }
 
-// initAlive reads the pid the runtime wrote and reports whether that
-// process exists and is not a zombie.
 // logTail is the last n bytes of the file at path, for an error message
 // that must outlive the file (the failed sandbox's directory goes with it).
 func logTail(path string, n int64) string {
@@ -339,6 +337,8 @@ func logTail(path string, n int64) string {
 	return strings.TrimSpace(string(b))
 }
 
+// initAlive reads the pid the runtime wrote and reports whether that
+// process exists and is not a zombie.
 func initAlive(pidFile string) (int, bool) {
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
