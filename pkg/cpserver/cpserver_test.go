@@ -3,11 +3,9 @@ package cpserver
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,44 +159,24 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("not ready")
 	}
-	base := "http://" + addr.String()
-	client := &http.Client{Transport: &http.Transport{}}
-	defer client.CloseIdleConnections()
-	call := func(method, path, body string, hdr ...string) (int, []byte) {
-		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
-		req.Header.Set("X-API-Key", key)
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, b
-	}
-	if code, _ := call("GET", "/healthz", ""); code != 200 {
+	call := apiCaller(t, "http://"+addr.String(), key)
+	if code := call("GET", "/healthz", "", nil); code != 200 {
 		t.Fatalf("healthz %d", code)
 	}
 	// The bootstrap key is an admin's: register a host through the API.
-	code, b := call("POST", "/v1/admin/hosts", `{"name":"h1"}`)
-	if code != 201 {
-		t.Fatalf("create host %d %s", code, b)
-	}
 	var host struct {
 		Token string `json:"registration_token"`
 	}
-	_ = json.Unmarshal(b, &host)
-	if code, b := call("POST", "/v1/hosts/register", `{"registration_token":"`+host.Token+`","address":"http://127.0.0.1:1","runtime":"fake"}`); code != 200 {
-		t.Fatalf("register %d %s", code, b)
+	if code := call("POST", "/v1/admin/hosts", `{"name":"h1"}`, &host); code != 201 {
+		t.Fatalf("create host %d", code)
 	}
-	code, b = call("POST", "/v1/sandboxes", `{"template":"minimal"}`)
-	if code != 202 {
-		t.Fatalf("create %d %s", code, b)
+	if code := call("POST", "/v1/hosts/register", `{"registration_token":"`+host.Token+`","address":"http://127.0.0.1:1","runtime":"fake"}`, nil); code != 200 {
+		t.Fatalf("register %d", code)
 	}
 	var sb struct{ ID string }
-	_ = json.Unmarshal(b, &sb)
+	if code := call("POST", "/v1/sandboxes", `{"template":"minimal"}`, &sb); code != 202 {
+		t.Fatalf("create %d", code)
+	}
 
 	// Shut down while the create is in flight: Run must wait for it.
 	cancel()
