@@ -3,11 +3,9 @@ package network
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // TAPTxQueueLen is a TAP device's transmit queue: the kernel's default of
@@ -91,45 +89,17 @@ func validIfName(name string) error {
 	return nil
 }
 
-// withNetNSHandle runs fn with a netlink handle in the namespace at path, on a
-// thread of its own that has entered the namespace: a TAP belongs to the
+// withNetNSHandle runs fn with a netlink handle made inside the namespace
+// at path, on a thread that has entered it (inNetNS): a TAP belongs to the
 // namespace of the thread that opens /dev/net/tun, which a handle made with
-// NewHandleAt does not change. The thread goes back before it is unlocked
-// and is discarded if it cannot.
+// NewHandleAt does not change.
 func withNetNSHandle(path string, fn func(*netlink.Handle) error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
+	return inNetNS(path, func() error {
 		h, err := netlink.NewHandle()
-		if err == nil {
-			err = fn(h)
-			h.Close()
-		} else {
-			err = fmt.Errorf("netlink in %s: %w", path, err)
+		if err != nil {
+			return fmt.Errorf("netlink in %s: %w", path, err)
 		}
-		errc <- err
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	return <-errc
+		defer h.Close()
+		return fn(h)
+	})
 }
