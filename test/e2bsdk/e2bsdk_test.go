@@ -16,6 +16,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -63,6 +64,9 @@ func TestE2BSDK(t *testing.T) {
 		t.Fatalf("pick a port for envd: %v", err)
 	}
 	_, stopEnvd := startEnvd(ctx, t, envdBin, port)
+	// Every sandbox's envd has an access token; the harness sends it and
+	// signs URLs with it.
+	token := initToken(ctx, t, port)
 
 	scratch := filepath.Join(work, "scratch")
 	if err := os.Mkdir(scratch, 0o755); err != nil {
@@ -75,6 +79,7 @@ func TestE2BSDK(t *testing.T) {
 		"E2B_SANDBOX_URL=http://127.0.0.1:"+strconv.Itoa(port),
 		"WRENN_E2BSDK_DIR="+scratch,
 		"WRENN_E2BSDK_USER="+userName,
+		"WRENN_E2BSDK_TOKEN="+token,
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -86,6 +91,28 @@ func TestE2BSDK(t *testing.T) {
 	if err := stopEnvd(); err != nil {
 		t.Errorf("envd did not stop cleanly: %v", err)
 	}
+}
+
+// initToken sends envd on port the POST /init a sandbox's agent sends, with
+// a fresh access token, and returns the token.
+func initToken(ctx context.Context, t testing.TB, port int) string {
+	t.Helper()
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/init", port), strings.NewReader(`{"accessToken":"`+token+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST /init: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("POST /init = %s, want 204", resp.Status)
+	}
+	return token
 }
 
 // buildEnvd builds cmd/envd into dir the way the Makefile does (static).

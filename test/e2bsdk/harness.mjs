@@ -26,7 +26,11 @@ async function waitFor(what, cond, ms = 5000) {
 const steps = []
 function step(name, fn) { steps.push([name, fn]) }
 
-const sbx = await Sandbox.create()
+// envd was initialised with an access token, as every sandbox's is; the SDK
+// sends it on every call, and signs download and upload URLs with it.
+const token = process.env.WRENN_E2BSDK_TOKEN
+assert.ok(token, 'WRENN_E2BSDK_TOKEN must carry the access token envd was initialised with')
+const sbx = new Sandbox({ sandboxId: 'debug_sandbox_id', envdVersion: '99.99.99', envdAccessToken: token })
 
 step('commands.run foreground', async () => {
   const r = await sbx.commands.run('echo out; printf "\\377\\001" >/dev/null; echo err >&2')
@@ -82,6 +86,16 @@ step('commands.run background, connect, list, sendStdin, closeStdin, kill', asyn
   await sbx.commands.closeStdin(cat.pid)
   assert.equal((await cat.wait()).stdout, 'no newline')
 
+  // The same through the handle's own methods.
+  const h = await sbx.commands.run('read x; echo "h:$x"; cat', { background: true, stdin: true })
+  await h.sendStdin('one\n')
+  await h.sendStdin('two')
+  await h.closeStdin()
+  assert.equal((await h.wait()).stdout, 'h:one\ntwo')
+  const hk = await sbx.commands.run('sleep 60', { background: true })
+  assert.equal(await hk.kill(), true)
+  await assert.rejects(hk.wait(), CommandExitError)
+
   const long = await sbx.commands.run('sleep 60', { background: true })
   assert.equal(await sbx.commands.kill(long.pid), true)
   await assert.rejects(long.wait(), (e) => {
@@ -92,11 +106,18 @@ step('commands.run background, connect, list, sendStdin, closeStdin, kill', asyn
   assert.equal(await sbx.commands.kill(long.pid), false, 'killing a finished process reports false')
 })
 
-step('pty.create, sendInput, resize, kill', async () => {
+step('pty.create, sendInput, resize, connect, kill', async () => {
   let out = ''
-  const pty = await sbx.pty.create({ cols: 90, rows: 20, onData: (d) => { out += dec.decode(d) } })
-  await sbx.pty.sendInput(pty.pid, enc.encode('stty size\n'))
+  const first = await sbx.pty.create({ cols: 90, rows: 20, onData: (d) => { out += dec.decode(d) } })
+  await sbx.pty.sendInput(first.pid, enc.encode('stty size\n'))
   await waitFor('stty size 20 90', () => out.includes('20 90'))
+  // The terminal outlives the connection that made it; a new one gets
+  // what the shell prints from then on.
+  await first.disconnect()
+  const pty = await sbx.pty.connect(first.pid, { onData: (d) => { out += dec.decode(d) } })
+  assert.equal(pty.pid, first.pid)
+  await sbx.pty.sendInput(pty.pid, enc.encode('echo re$((6*7))connected\n'))
+  await waitFor('output after pty.connect', () => out.includes('re42connected'))
   await sbx.pty.resize(pty.pid, { cols: 123, rows: 45 })
   await sbx.pty.sendInput(pty.pid, enc.encode('stty size\n'))
   await waitFor('stty size 45 123 after resize', () => out.includes('45 123'))
@@ -126,6 +147,23 @@ step('files.write single and many, read text, bytes and stream', async () => {
   const chunks = []
   for await (const c of stream) chunks.push(...c)
   assert.deepEqual(new Uint8Array(chunks), bin)
+  const blob = await sbx.files.read(`${d}/bin`, { format: 'blob' })
+  assert.deepEqual(new Uint8Array(await blob.arrayBuffer()), bin)
+
+  // writeFiles is write with a list.
+  const wf = await sbx.files.writeFiles([{ path: `${d}/wf1`, data: 'one' }, { path: `${d}/wf2`, data: new Blob(['two']) }])
+  assert.deepEqual(wf.map((f) => f.name), ['wf1', 'wf2'])
+  assert.equal(await sbx.files.read(`${d}/wf2`), 'two')
+
+  // A stream is sent as a raw body, gzip as a compressed raw body; a gzip
+  // read asks for a compressed answer.
+  const big = 'compressible line\n'.repeat(20000)
+  const streamed = new ReadableStream({ start(c) { c.enqueue(enc.encode(big.slice(0, 1000))); c.enqueue(enc.encode(big.slice(1000))); c.close() } })
+  assert.equal((await sbx.files.write(`${d}/streamed.txt`, streamed)).path, `${d}/streamed.txt`)
+  assert.equal(await sbx.files.read(`${d}/streamed.txt`), big)
+  await sbx.files.write(`${d}/gz.txt`, big, { gzip: true })
+  assert.equal(await sbx.files.read(`${d}/gz.txt`, { gzip: true }), big)
+  assert.equal((await sbx.files.getInfo(`${d}/gz.txt`)).size, big.length)
 
   await assert.rejects(sbx.files.read(`${d}/missing`), FileNotFoundError)
 })
@@ -176,6 +214,34 @@ step('files.watchDir', async () => {
   await sbx.files.write(`${d}/after-stop.txt`, 'x')
   await sleep(200)
   assert.equal(seen.length, before, `events after stop: ${seen.slice(before)}`)
+})
+
+step('signed downloadUrl and uploadUrl', async () => {
+  const d = `${base}/signed`
+  await sbx.files.makeDir(d)
+  const up = await sbx.uploadUrl(`${d}/up.txt`)
+  assert.match(up, /[?&]signature=v1_/)
+  const form = new FormData()
+  form.append('file', new Blob(['through a signed URL']), 'up.txt')
+  let r = await fetch(up, { method: 'POST', body: form })
+  assert.equal(r.status, 200, await r.text())
+  assert.equal(await sbx.files.read(`${d}/up.txt`), 'through a signed URL')
+
+  r = await fetch(await sbx.downloadUrl(`${d}/up.txt`))
+  assert.equal(r.status, 200)
+  assert.equal(await r.text(), 'through a signed URL')
+  r = await fetch(await sbx.downloadUrl(`${d}/up.txt`, { useSignatureExpiration: 60 }))
+  assert.equal(await r.text(), 'through a signed URL')
+
+  // A URL signed for one file or one direction opens nothing else.
+  const other = new URL(await sbx.downloadUrl(`${d}/up.txt`))
+  other.searchParams.set('path', '/etc/shadow')
+  r = await fetch(other)
+  assert.equal(r.status, 401, 'a signature moved to another path')
+  r = await fetch(up.replace('/files?', '/files?x=1&'), { method: 'GET' })
+  assert.equal(r.status, 401, 'an upload signature used to download')
+  r = await fetch(`${new URL(up).origin}/files?path=${encodeURIComponent(`${d}/up.txt`)}`)
+  assert.equal(r.status, 401, 'no token and no signature')
 })
 
 let failed = 0

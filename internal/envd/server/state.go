@@ -20,10 +20,12 @@ import (
 	"github.com/wrenn/wrenn/internal/envd/fsops"
 )
 
-// state is what /init sets. The token is kept as its SHA-256 so comparison
-// takes the same time whatever the presented token's length.
+// state is what /init sets. The token is kept as its SHA-256 too, so
+// comparing a presented one takes the same time whatever its length; the
+// token itself is needed to check signed /files URLs.
 type state struct {
 	mu             sync.RWMutex
+	token          []byte
 	tokenSum       *[sha256.Size]byte
 	envs           map[string]string
 	defaultUser    string
@@ -40,7 +42,10 @@ func (st *state) snapshot() (envs map[string]string, user, workdir string) {
 const AccessTokenHeader = "X-Access-Token"
 
 // authenticate refuses every request but GET /health and CORS preflights
-// unless it carries the current token, once one is set.
+// unless it carries the current token, once one is set. A /files request
+// without the token header may instead present a signed URL (signature.go);
+// the user it acts as is then the one the signature names, never one from
+// an Authorization header.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" || (r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "") {
@@ -48,12 +53,25 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		s.state.mu.RLock()
-		want := s.state.tokenSum
+		want, token := s.state.tokenSum, s.state.token
 		s.state.mu.RUnlock()
 		if want != nil {
 			got, ok := r.Header[http.CanonicalHeaderKey(AccessTokenHeader)]
+			if op := signedOp(r); !ok && op != "" && r.URL.Query().Has(signatureParam) {
+				if err := checkSignature(r, op, token, s.opts.Now()); err != nil {
+					status := http.StatusUnauthorized
+					if errors.Is(err, errInvalid) {
+						status = http.StatusBadRequest
+					}
+					writeError(w, status, err.Error())
+					return
+				}
+				r.Header.Del("Authorization")
+				next.ServeHTTP(w, r)
+				return
+			}
 			if !ok || len(got) != 1 {
-				writeError(w, http.StatusUnauthorized, "missing access token: send the sandbox's token in the X-Access-Token header")
+				writeError(w, http.StatusUnauthorized, "missing access token: send the sandbox's token in the X-Access-Token header (or, for /files, use a signed URL)")
 				return
 			}
 			sum := sha256.Sum256([]byte(got[0]))
@@ -144,7 +162,7 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 	st.mu.Lock()
 	if req.AccessToken != nil {
 		sum := sha256.Sum256([]byte(*req.AccessToken))
-		st.tokenSum = &sum
+		st.token, st.tokenSum = []byte(*req.AccessToken), &sum
 	}
 	maps.Copy(st.envs, req.EnvVars)
 	if req.DefaultUser != nil {
