@@ -158,12 +158,13 @@ func BenchmarkE2BSDK(b *testing.B) {
 	for i, t := range targets {
 		t.IdleKiB = vmRSS(b, pids[i])
 	}
+	ceiling := sdkbench.GzipCeiling(b)
 	b.Logf("load average before: %s", sdkbench.LoadAvg())
 	i := 0
 	for b.Loop() {
 		for j := range targets {
 			t := targets[(i+j)%len(targets)]
-			t.Runs = append(t.Runs, sdkbench.RunScript(ctx, b, node, dir, t.URL, "WRENN_E2BSDK_DIR="+scratch, "WRENN_E2BSDK_USER="+userName))
+			t.Runs = append(t.Runs, sdkbench.RunScript(ctx, b, node, dir, t.URL, "WRENN_E2BSDK_DIR="+scratch, "WRENN_E2BSDK_USER="+userName, ceiling))
 		}
 		i++
 	}

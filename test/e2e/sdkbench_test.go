@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -44,13 +45,11 @@ const sdkBenchUser = "wrenn-user"
 var sdkBenchMetrics = append(slices.Clone(sdkbench.Metrics), []sdkbench.Metric{
 	{Key: "goExecP50Ms", Unit: "go-exec-p50-ms"},
 	{Key: "goTrueP50Ms", Unit: "go-true-p50-ms"},
+	{Key: "shellFloorMs", Unit: "bash-login-floor-ms"},
 	{Key: "rawUploadMiBps", Unit: "raw-upload-MiB/s"},
 	{Key: "rawDownloadMiBps", Unit: "raw-download-MiB/s"},
 }...)
 
-// sdkBenchSize is the file size of the throughput figures (bench.mjs
-// writes and reads 64 MiB too).
-const sdkBenchSize = 64 << 20
 
 // BenchmarkE2BSDKInSandbox measures envd where users meet it: in a runc
 // sandbox of the minimal image made through the REST API, driven from the
@@ -60,7 +59,10 @@ const sdkBenchSize = 64 << 20
 // exec round trip of what the SDK runs (`/bin/bash -l -c true`, Connect
 // JSON over HTTP/1.1 as the SDK speaks it) and of a bare /bin/true, and
 // the same 64 MiB up and down as raw /files bodies. Both clients send the
-// sandbox's access token, as the SDK does for a real sandbox.
+// sandbox's access token, as the SDK does for a real sandbox. Two floors
+// that no envd can beat are measured beside them: one login shell timed
+// inside the sandbox (shellFloor), and the fastest gzip download the SDK's
+// fetch takes (bench.mjs).
 //
 // With WRENN_E2B_ENVD naming a binary of E2B's envd, the benchmark uploads
 // it into the same sandbox through Wrenn's envd, starts it there as root
@@ -127,15 +129,17 @@ func BenchmarkE2BSDKInSandbox(b *testing.B) {
 		b.Fatalf("npm ci (installs the pinned e2b package): %v\n%s", err, out)
 	}
 
+	ceiling := sdkbench.GzipCeiling(b)
 	b.Logf("load average before: %s", sdkbench.LoadAvg())
 	b.ResetTimer()
 	i := 0
 	for b.Loop() {
 		for j := range targets {
 			t := targets[(i+j)%len(targets)]
-			res := sdkbench.RunScript(ctx, b, node, dir, t.URL, "WRENN_E2BSDK_TOKEN="+rec.Token, "WRENN_E2BSDK_USER="+sdkBenchUser)
+			res := sdkbench.RunScript(ctx, b, node, dir, t.URL, "WRENN_E2BSDK_TOKEN="+rec.Token, "WRENN_E2BSDK_USER="+sdkBenchUser, ceiling)
 			res["goExecP50Ms"] = goExecP50(ctx, b, tr, t.URL, rec.Token, "/bin/bash", "-l", "-c", "true")
 			res["goTrueP50Ms"] = goExecP50(ctx, b, tr, t.URL, rec.Token, "/bin/true")
+			res["shellFloorMs"] = shellFloor(ctx, b, wc)
 			res["rawUploadMiBps"], res["rawDownloadMiBps"] = rawFilesThroughput(ctx, b, tr, t.URL, rec.Token)
 			t.Runs = append(t.Runs, res)
 		}
@@ -281,17 +285,34 @@ func goExecP50(ctx context.Context, b *testing.B, tr http.RoundTripper, url, tok
 	return float64(lat[len(lat)/2].Microseconds()) / 1000
 }
 
-// rawFilesThroughput writes sdkBenchSize bytes to the sandbox user's home
+// shellFloor is what one `/bin/bash -l -c true` costs in the sandbox with no
+// envd in the way: a shell loop of 200 of them as sdkBenchUser, started
+// through Wrenn's envd once and timed inside, in ms per run. It is the floor
+// of every daemon's exec figure, since that is what the SDK's
+// commands.run('true') runs.
+func shellFloor(ctx context.Context, b *testing.B, wc *envdclient.Client) float64 {
+	b.Helper()
+	const n = 200
+	loop := fmt.Sprintf(`TIMEFORMAT=%%R; time (for i in $(seq %d); do /bin/bash -l -c true; done)`, n)
+	res, err := wc.Exec(ctx, envdclient.ExecRequest{Cmd: "/bin/bash", Args: []string{"-c", loop}, User: sdkBenchUser, Timeout: time.Minute})
+	if err != nil || res.ExitCode != 0 {
+		b.Fatalf("time %d login shells in the sandbox: %v %+v", n, err, res)
+	}
+	secs, err := strconv.ParseFloat(strings.TrimSpace(string(res.Stderr)), 64)
+	if err != nil {
+		b.Fatalf("time %d login shells printed %q: %v", n, res.Stderr, err)
+	}
+	return secs * 1000 / n
+}
+
+// rawFilesThroughput writes sdkbench.Size bytes to the sandbox user's home
 // with a raw-body POST /files and reads them back with GET /files, as
 // plain HTTP with no SDK, and returns both rates in MiB/s.
 func rawFilesThroughput(ctx context.Context, b *testing.B, tr http.RoundTripper, url, token string) (up, down float64) {
 	b.Helper()
 	hc := &http.Client{Transport: tr}
 	target := url + "/files?path=raw.bin&username=" + sdkBenchUser
-	data := make([]byte, sdkBenchSize)
-	for i := 0; i < len(data); i += 4096 {
-		data[i] = byte(i)
-	}
+	data := sdkbench.Pattern()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(data))
 	if err != nil {
 		b.Fatal(err)
@@ -322,10 +343,10 @@ func rawFilesThroughput(ctx context.Context, b *testing.B, tr http.RoundTripper,
 	n, err := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	downS := time.Since(start).Seconds()
-	if err != nil || resp.StatusCode != http.StatusOK || n != sdkBenchSize {
+	if err != nil || resp.StatusCode != http.StatusOK || n != sdkbench.Size {
 		b.Fatalf("raw download from %s: %s, %d bytes, %v", url, resp.Status, n, err)
 	}
-	return float64(sdkBenchSize) / (1 << 20) / upS, float64(sdkBenchSize) / (1 << 20) / downS
+	return float64(sdkbench.Size) / (1 << 20) / upS, float64(sdkbench.Size) / (1 << 20) / downS
 }
 
 // sandboxRSS returns VmRSS in KiB of the process named exe in the network

@@ -7,13 +7,17 @@ package sdkbench
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -34,6 +38,7 @@ var Metrics = []Metric{
 	{Key: "execP95Ms", Unit: "exec-p95-ms"},
 	{Key: "uploadMiBps", Unit: "upload-MiB/s"},
 	{Key: "downloadMiBps", Unit: "download-MiB/s"},
+	{Key: "gzipCeilingMiBps", Unit: "node-gzip-ceiling-MiB/s"},
 }
 
 // Target is one envd a benchmark drives: its name and URL, its idle RSS
@@ -59,6 +64,48 @@ func (t *Target) Median(key string) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// Size is the file size of the throughput figures, and Pattern fills a
+// buffer with the bytes of that file: bench.mjs writes the same.
+const Size = 64 << 20
+
+// Pattern returns Size bytes, zero but for byte(i) at every multiple i of
+// 4096, as bench.mjs writes them.
+func Pattern() []byte {
+	data := make([]byte, Size)
+	for i := 0; i < len(data); i += 4096 {
+		data[i] = byte(i)
+	}
+	return data
+}
+
+// GzipCeiling serves Pattern gzipped at the fastest level (envd's) with
+// Content-Encoding: gzip from this process, compressed once beforehand, and
+// returns the environment entry that points bench.mjs at it. What bench.mjs
+// reads from it is the fastest gzip download the SDK's fetch can take.
+func GzipCeiling(b *testing.B) string {
+	b.Helper()
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := zw.Write(Pattern()); err != nil {
+		b.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	body := buf.Bytes()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write(body)
+	}))
+	b.Cleanup(srv.Close)
+	return "WRENN_E2BSDK_GZIP_URL=" + srv.URL + "/"
 }
 
 // RunScript runs bench.mjs in dir (beside its node_modules) once against
