@@ -44,6 +44,9 @@ type Entry struct {
 	UID, GID      uint32
 	Modified      time.Time
 	SymlinkTarget string // set for symlinks
+	// Metadata is the user metadata of a file or directory (see
+	// MetadataPrefix), nil when it has none.
+	Metadata map[string]string
 }
 
 // Stat describes path without following a final symlink.
@@ -72,8 +75,10 @@ func entry(path string, fi fs.FileInfo) Entry {
 		}
 	case fi.IsDir():
 		e.Type = TypeDir
+		e.Metadata = readMetadata(path)
 	case fi.Mode().IsRegular():
 		e.Type = TypeFile
+		e.Metadata = readMetadata(path)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		e.UID, e.GID = st.Uid, st.Gid

@@ -20,9 +20,45 @@ import (
 
 // fileInfo is one written file in the POST /files answer, as the SDKs read it.
 type fileInfo struct {
-	Name string `json:"name"`
-	Type string `json:"type"`
-	Path string `json:"path"`
+	Name     string            `json:"name"`
+	Type     string            `json:"type"`
+	Path     string            `json:"path"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// metadataHeader starts the name of each upload header that carries one
+// metadata entry: "X-Metadata-Author: alice" stores author=alice.
+const metadataHeader = "X-Metadata-"
+
+// uploadMetadata collects the metadata an upload carries in its
+// X-Metadata-<key> headers, keys lowercased, as every written file gets it.
+// Values must be printable US-ASCII, and each key must come once.
+func uploadMetadata(h http.Header) (map[string]string, error) {
+	var md map[string]string
+	for name, values := range h {
+		if len(name) < len(metadataHeader) || !strings.EqualFold(name[:len(metadataHeader)], metadataHeader) {
+			continue
+		}
+		key := strings.ToLower(name[len(metadataHeader):])
+		switch {
+		case key == "":
+			return nil, fmt.Errorf("%w: header %s names no metadata key", errInvalid, name)
+		case len(key) > fsops.MaxMetadataKey:
+			return nil, fmt.Errorf("%w: metadata key %q is %d bytes long; the most is %d", errInvalid, key, len(key), fsops.MaxMetadataKey)
+		case len(values) != 1:
+			return nil, fmt.Errorf("%w: metadata key %q is sent %d times; send it once", errInvalid, key, len(values))
+		}
+		for _, c := range []byte(values[0]) {
+			if c < 0x20 || c > 0x7e {
+				return nil, fmt.Errorf("%w: the value of metadata key %q holds byte %#02x; values must be printable US-ASCII", errInvalid, key, c)
+			}
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		md[key] = values[0]
+	}
+	return md, nil
 }
 
 // filesCaller resolves the user of a /files request: the `username` query
@@ -176,6 +212,11 @@ func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
 		s.writeFSError(w, err)
 		return
 	}
+	md, err := uploadMetadata(r.Header)
+	if err != nil {
+		s.writeFSError(w, err)
+		return
+	}
 	target := r.URL.Query().Get("path")
 	mediaType, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var written []fileInfo
@@ -198,7 +239,7 @@ func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
 			if dst == "" {
 				dst = partFileName(part)
 			}
-			info, err := s.writeUpload(c, dst, part)
+			info, err := s.writeUpload(c, dst, part, md)
 			_ = part.Close()
 			if err != nil {
 				s.writeFSError(w, err)
@@ -221,7 +262,7 @@ func (s *Server) handlePostFile(w http.ResponseWriter, r *http.Request) {
 			defer gz.Close()
 			body = gz
 		}
-		info, err := s.writeUpload(c, target, body)
+		info, err := s.writeUpload(c, target, body, md)
 		if err != nil {
 			s.writeFSError(w, err)
 			return
@@ -242,10 +283,11 @@ func partFileName(part *multipart.Part) string {
 }
 
 // writeUpload writes src to the caller's path p, creating missing parents
-// and keeping an existing file's mode and owner. Parents and file are
-// created as the user (so they are the user's), then the bytes are copied
-// by envd into the open file.
-func (s *Server) writeUpload(c caller, p string, src io.Reader) (fileInfo, error) {
+// and keeping an existing file's mode and owner, and makes md the file's
+// whole metadata. Parents and file are created as the user (so they are the
+// user's), then envd sets the metadata and copies the bytes into the open
+// file. Metadata the filesystem refuses leaves an existing file as it was.
+func (s *Server) writeUpload(c caller, p string, src io.Reader, md map[string]string) (fileInfo, error) {
 	if p == "" {
 		return fileInfo{}, fmt.Errorf("%w: the path query parameter is required", errInvalid)
 	}
@@ -259,7 +301,7 @@ func (s *Server) writeUpload(c caller, p string, src io.Reader) (fileInfo, error
 			return opened{}, err
 		}
 		_, statErr := os.Lstat(p)
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644)
 		if err != nil {
 			if errors.Is(err, syscall.EISDIR) {
 				return opened{}, fmt.Errorf("%w: %s is a directory", fsops.ErrInvalid, p)
@@ -271,10 +313,20 @@ func (s *Server) writeUpload(c caller, p string, src io.Reader) (fileInfo, error
 	if err != nil {
 		return fileInfo{}, err
 	}
-	bw := bufio.NewWriterSize(o.f, 64<<10)
-	_, err = io.Copy(struct{ io.Writer }{bw}, clientReader{src})
+	// Metadata first, so a filesystem that refuses it leaves the old
+	// content; then the truncation the open left out.
+	if err = fsops.ReplaceMetadata(o.f, md); errors.Is(err, fsops.ErrMetadata) {
+		err = fmt.Errorf("%w: %w", errInvalid, err)
+	}
 	if err == nil {
-		err = bw.Flush()
+		err = o.f.Truncate(0)
+	}
+	if err == nil {
+		bw := bufio.NewWriterSize(o.f, 64<<10)
+		_, err = io.Copy(struct{ io.Writer }{bw}, clientReader{src})
+		if err == nil {
+			err = bw.Flush()
+		}
 	}
 	if cerr := o.f.Close(); err == nil {
 		err = cerr
@@ -288,5 +340,5 @@ func (s *Server) writeUpload(c caller, p string, src io.Reader) (fileInfo, error
 		}
 		return fileInfo{}, fmt.Errorf("write %s: %w", p, err)
 	}
-	return fileInfo{Name: filepath.Base(p), Type: "file", Path: p}, nil
+	return fileInfo{Name: filepath.Base(p), Type: "file", Path: p, Metadata: md}, nil
 }

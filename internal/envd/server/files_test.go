@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -67,7 +68,7 @@ func TestFilesUploadAndDownload(t *testing.T) {
 	// Raw body into a directory that does not exist yet.
 	p := filepath.Join(dir, "new/sub/raw.bin")
 	code, infos, body := postFile(t, e, url.Values{"path": {p}}, "application/octet-stream", bytes.NewReader(content), nil)
-	if code != 200 || len(infos) != 1 || infos[0] != (fileInfo{Name: "raw.bin", Type: "file", Path: p}) {
+	if code != 200 || len(infos) != 1 || !reflect.DeepEqual(infos[0], fileInfo{Name: "raw.bin", Type: "file", Path: p}) {
 		t.Fatalf("octet-stream upload = %d %s", code, body)
 	}
 	if got, _ := os.ReadFile(p); !bytes.Equal(got, content) {

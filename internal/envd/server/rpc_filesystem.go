@@ -56,6 +56,7 @@ func toEntry(e fsops.Entry, names account.Names) *fspb.EntryInfo {
 		Owner:        names.User(e.UID),
 		Group:        names.Group(e.GID),
 		ModifiedTime: timestamppb.New(e.Modified),
+		Metadata:     e.Metadata,
 	}
 	switch e.Type {
 	case fsops.TypeFile:

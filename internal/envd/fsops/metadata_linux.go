@@ -1,0 +1,158 @@
+package fsops
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// MetadataPrefix is the extended-attribute namespace of user metadata on
+// files (the SDKs' files.write metadata option): key k is stored as the
+// attribute "user.e2b.k", so tools in the sandbox (getfattr, setfattr) see
+// and change the same metadata.
+const MetadataPrefix = "user.e2b."
+
+// MaxMetadataKey is the longest metadata key: the kernel caps attribute
+// names at 255 bytes (XATTR_NAME_MAX), the prefix included.
+const MaxMetadataKey = 255 - len(MetadataPrefix)
+
+// ErrMetadata marks metadata the filesystem refused to store: it has no
+// user extended attributes, or the values do not fit.
+var ErrMetadata = errors.New("metadata not stored")
+
+// readMetadata returns the metadata of path without following a final
+// symlink, or nil when it has none. It is best effort: a filesystem without
+// extended attributes, or one the caller may not read, has no metadata.
+func readMetadata(path string) map[string]string {
+	names, err := xattrNames(func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) })
+	if err != nil {
+		return nil
+	}
+	var md map[string]string
+	for _, name := range names {
+		key, ok := strings.CutPrefix(name, MetadataPrefix)
+		if !ok || key == "" {
+			continue
+		}
+		value, err := xattrValue(func(buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) })
+		if err != nil {
+			continue // removed meanwhile, or not readable
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		md[key] = value
+	}
+	return md
+}
+
+// ReplaceMetadata makes md the whole metadata of the open file f: it sets
+// every key of md and removes the keys f had that md does not. Errors the
+// filesystem gives for attributes it cannot hold wrap ErrMetadata.
+func ReplaceMetadata(f *os.File, md map[string]string) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("set the metadata of %s: %w", f.Name(), err)
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = replaceMetadata(int(fd), f.Name(), md) }); err != nil {
+		return fmt.Errorf("set the metadata of %s: %w", f.Name(), err)
+	}
+	return ferr
+}
+
+func replaceMetadata(fd int, name string, md map[string]string) error {
+	for key, value := range md {
+		if key == "" || len(key) > MaxMetadataKey {
+			return fmt.Errorf("%w: key %q must be 1 to %d bytes long", ErrMetadata, key, MaxMetadataKey)
+		}
+		if err := unix.Fsetxattr(fd, MetadataPrefix+key, []byte(value), 0); err != nil {
+			return fmt.Errorf("%w: set %q on %s: %w", ErrMetadata, key, name, metadataErr(err))
+		}
+	}
+	names, err := xattrNames(func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) })
+	if err != nil {
+		return fmt.Errorf("list the metadata of %s: %w", name, err)
+	}
+	for _, attr := range names {
+		key, ok := strings.CutPrefix(attr, MetadataPrefix)
+		if _, keep := md[key]; !ok || keep {
+			continue
+		}
+		if err := unix.Fremovexattr(fd, attr); err != nil && !errors.Is(err, unix.ENODATA) {
+			return fmt.Errorf("remove metadata %q from %s: %w", key, name, err)
+		}
+	}
+	return nil
+}
+
+// metadataErr says what a failed setxattr means for the user.
+func metadataErr(err error) error {
+	switch {
+	case errors.Is(err, unix.ENOTSUP):
+		return fmt.Errorf("the filesystem does not support user extended attributes: %w", err)
+	case errors.Is(err, unix.E2BIG), errors.Is(err, unix.ENOSPC), errors.Is(err, unix.ERANGE):
+		return fmt.Errorf("the metadata is larger than the filesystem holds per file: %w", err)
+	}
+	return err
+}
+
+// xattrNames calls list with a buffer large enough for the attribute names
+// and splits them. A list that grew between the size query and the read is
+// asked again.
+func xattrNames(list func([]byte) (int, error)) ([]string, error) {
+	for {
+		size, err := list(nil)
+		if err != nil {
+			if errors.Is(err, unix.ENOTSUP) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		if size == 0 {
+			return nil, nil
+		}
+		buf := make([]byte, size)
+		n, err := list(buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for name := range bytes.SplitSeq(buf[:n], []byte{0}) {
+			if len(name) > 0 {
+				names = append(names, string(name))
+			}
+		}
+		return names, nil
+	}
+}
+
+// xattrValue calls get with a buffer large enough for the value, asking
+// again when the value grew in between.
+func xattrValue(get func([]byte) (int, error)) (string, error) {
+	for {
+		size, err := get(nil)
+		if err != nil {
+			return "", err
+		}
+		if size == 0 {
+			return "", nil
+		}
+		buf := make([]byte, size)
+		n, err := get(buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+}
