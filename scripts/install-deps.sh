@@ -23,6 +23,8 @@ PACKAGES=(
 	nftables        # egress NAT and guard
 	socat           # port forwarding helpers
 	busybox-static  # static tools for init and tests
+	bindfs          # a FUSE mount for envd's network-filesystem watch test
+	attr            # setfattr: the SDK test sets file metadata from inside
 	ca-certificates # TLS to the Debian mirror and the Go module proxy
 	curl            # downloads in scripts and the README's examples
 	make            # the entry points

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wrenn/wrenn/internal/envd"
 	"github.com/wrenn/wrenn/internal/envdclient"
 	"github.com/wrenn/wrenn/internal/image"
 	"github.com/wrenn/wrenn/internal/logging"
@@ -29,7 +30,7 @@ import (
 
 // EnvdVersion is the envd protocol version the agent reports for its
 // sandboxes; SDKs gate features on it.
-const EnvdVersion = "0.5.7"
+const EnvdVersion = envd.Version
 
 // heartbeatInterval is how often the agent tells the control plane it lives.
 const heartbeatInterval = 30 * time.Second

@@ -199,6 +199,27 @@ step('files.makeDir, exists, getInfo, list, rename, remove', async () => {
   assert.equal(await sbx.files.exists(d), false)
 })
 
+step('files metadata: write, writeFiles, getInfo, list, rename', async () => {
+  const d = `${base}/meta`
+  const w = await sbx.files.write(`${d}/report.txt`, 'hello', { metadata: { Author: 'alice', purpose: 'demo' } })
+  const want = { author: 'alice', purpose: 'demo' } // keys come back lowercased
+  assert.deepEqual(w.metadata, want)
+  assert.deepEqual((await sbx.files.getInfo(`${d}/report.txt`)).metadata, want)
+  const moved = await sbx.files.rename(`${d}/report.txt`, `${d}/renamed.txt`)
+  assert.deepEqual(moved.metadata, want)
+  const many = await sbx.files.writeFiles([{ path: `${d}/a.txt`, data: 'A' }, { path: `${d}/b.txt`, data: 'B' }], { metadata: { source: 'import' } })
+  assert.deepEqual(many.map((f) => f.metadata), [{ source: 'import' }, { source: 'import' }])
+  const listed = Object.fromEntries((await sbx.files.list(d)).map((e) => [e.name, e.metadata]))
+  assert.deepEqual(listed, { 'a.txt': { source: 'import' }, 'b.txt': { source: 'import' }, 'renamed.txt': want })
+  // Set in the sandbox with setfattr, seen by the SDK.
+  await sbx.commands.run(`setfattr -n user.e2b.tool -v setfattr ${d}/a.txt`)
+  assert.deepEqual((await sbx.files.getInfo(`${d}/a.txt`)).metadata, { source: 'import', tool: 'setfattr' })
+  // Overwriting replaces it.
+  await sbx.files.write(`${d}/renamed.txt`, 'again')
+  assert.equal((await sbx.files.getInfo(`${d}/renamed.txt`)).metadata, undefined)
+  await assert.rejects(sbx.files.write(`${d}/bad.txt`, 'x', { metadata: { author: 'caf\u00e9' } }), /printable US-ASCII/)
+})
+
 step('files.watchDir', async () => {
   const d = `${base}/watch`
   await sbx.files.makeDir(`${d}/sub`)
@@ -210,6 +231,17 @@ step('files.watchDir', async () => {
   const want = ['x.txt:create', 'x.txt:write', 'sub/y.txt:create', 'x.txt:chmod', 'x.txt:rename', 'z.txt:create', 'z.txt:remove']
   await waitFor(() => `watch events ${want}, saw ${seen}`, () => want.every((w) => seen.includes(w)))
   await h.stop()
+
+  // With includeEntry each event that leaves something behind carries it;
+  // allowNetworkMounts changes nothing on a local directory.
+  const entries = []
+  const he = await sbx.files.watchDir(d, (ev) => entries.push(ev), { includeEntry: true, allowNetworkMounts: true })
+  await sbx.files.write(`${d}/entry.txt`, 'hello')
+  await waitFor('a create event with its entry', () => entries.some((ev) => ev.name === 'entry.txt' && ev.type === 'create' && ev.entry))
+  const created = entries.find((ev) => ev.name === 'entry.txt' && ev.entry)
+  assert.equal(created.entry.path, `${d}/entry.txt`)
+  assert.equal(created.entry.type, 'file')
+  await he.stop()
   const before = seen.length
   await sbx.files.write(`${d}/after-stop.txt`, 'x')
   await sleep(200)

@@ -72,7 +72,7 @@ func toFSEvent(ev watch.Event, includeEntry bool, f *filesystemService) *fspb.Fi
 	return out
 }
 
-func (f *filesystemService) newWatcher(h http.Header, path string, recursive bool) (*watch.Watcher, error) {
+func (f *filesystemService) newWatcher(h http.Header, path string, recursive, allowNetwork bool) (*watch.Watcher, error) {
 	c, err := f.s.callerOf(h)
 	if err != nil {
 		return nil, fsError(err)
@@ -83,8 +83,23 @@ func (f *filesystemService) newWatcher(h http.Header, path string, recursive boo
 	}
 	// Watches are added as the user, so only directories the user may
 	// read are watched; directories created later are added by envd.
-	w, err := fsops.As(c.fs, func() (*watch.Watcher, error) { return watch.New(p, recursive) })
+	w, err := fsops.As(c.fs, func() (*watch.Watcher, error) {
+		if !allowNetwork {
+			netfs, err := watch.NetworkFilesystem(p)
+			if err != nil {
+				return nil, err
+			}
+			if netfs != "" {
+				return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s is on a network filesystem (%s), where changes made elsewhere raise no events; set allow_network_mounts (allowNetworkMounts in the SDKs) to watch it anyway", p, netfs))
+			}
+		}
+		return watch.New(p, recursive)
+	})
 	if err != nil {
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			return nil, ce
+		}
 		return nil, watchError(err)
 	}
 	return w, nil
@@ -93,7 +108,7 @@ func (f *filesystemService) newWatcher(h http.Header, path string, recursive boo
 // WatchDir streams changes below a directory until the client leaves or the
 // directory goes away.
 func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[fspb.WatchDirRequest], stream *connect.ServerStream[fspb.WatchDirResponse]) error {
-	w, err := f.newWatcher(req.Header(), req.Msg.GetPath(), req.Msg.GetRecursive())
+	w, err := f.newWatcher(req.Header(), req.Msg.GetPath(), req.Msg.GetRecursive(), req.Msg.GetAllowNetworkMounts())
 	if err != nil {
 		return err
 	}
@@ -134,7 +149,7 @@ func (f *filesystemService) CreateWatcher(_ context.Context, req *connect.Reques
 	if full {
 		return nil, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%d watchers exist; remove some with RemoveWatcher", maxPollWatchers))
 	}
-	w, err := f.newWatcher(req.Header(), req.Msg.GetPath(), req.Msg.GetRecursive())
+	w, err := f.newWatcher(req.Header(), req.Msg.GetPath(), req.Msg.GetRecursive(), req.Msg.GetAllowNetworkMounts())
 	if err != nil {
 		return nil, err
 	}
