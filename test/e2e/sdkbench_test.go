@@ -50,7 +50,6 @@ var sdkBenchMetrics = append(slices.Clone(sdkbench.Metrics), []sdkbench.Metric{
 	{Key: "rawDownloadMiBps", Unit: "raw-download-MiB/s"},
 }...)
 
-
 // BenchmarkE2BSDKInSandbox measures envd where users meet it: in a runc
 // sandbox of the minimal image made through the REST API, driven from the
 // host by the unmodified e2b SDK (test/e2bsdk/bench.mjs: exec round trip
