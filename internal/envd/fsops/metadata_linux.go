@@ -28,9 +28,18 @@ var ErrMetadata = errors.New("metadata not stored")
 // symlink, or nil when it has none. It is best effort: a filesystem without
 // extended attributes, or one the caller may not read, has no metadata.
 func readMetadata(path string) map[string]string {
-	names, err := xattrNames(func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) })
+	md, _ := collectMetadata(
+		func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) },
+		func(name string, buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) })
+	return md
+}
+
+// collectMetadata gathers the MetadataPrefix attributes that list names
+// and get reads; nil when there are none.
+func collectMetadata(list func([]byte) (int, error), get func(string, []byte) (int, error)) (map[string]string, error) {
+	names, err := xattrNames(list)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	var md map[string]string
 	for _, name := range names {
@@ -38,7 +47,7 @@ func readMetadata(path string) map[string]string {
 		if !ok || key == "" {
 			continue
 		}
-		value, err := xattrValue(func(buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) })
+		value, err := xattrValue(func(buf []byte) (int, error) { return get(name, buf) })
 		if err != nil {
 			continue // removed meanwhile, or not readable
 		}
@@ -47,12 +56,13 @@ func readMetadata(path string) map[string]string {
 		}
 		md[key] = value
 	}
-	return md
+	return md, nil
 }
 
 // ReplaceMetadata makes md the whole metadata of the open file f: it sets
-// every key of md and removes the keys f had that md does not. Errors the
-// filesystem gives for attributes it cannot hold wrap ErrMetadata.
+// every key of md and removes the keys f had that md does not. When the
+// filesystem refuses a key (errors wrapping ErrMetadata), the keys already
+// set are put back as they were.
 func ReplaceMetadata(f *os.File, md map[string]string) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -66,24 +76,37 @@ func ReplaceMetadata(f *os.File, md map[string]string) error {
 }
 
 func replaceMetadata(fd int, name string, md map[string]string) error {
-	for key, value := range md {
+	for key := range md {
 		if key == "" || len(key) > MaxMetadataKey {
 			return fmt.Errorf("%w: key %q must be 1 to %d bytes long", ErrMetadata, key, MaxMetadataKey)
 		}
+	}
+	old, err := collectMetadata(
+		func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
+		func(attr string, buf []byte) (int, error) { return unix.Fgetxattr(fd, attr, buf) })
+	if err != nil {
+		return fmt.Errorf("read the metadata of %s: %w", name, err)
+	}
+	var set []string
+	for key, value := range md {
 		if err := unix.Fsetxattr(fd, MetadataPrefix+key, []byte(value), 0); err != nil {
+			// Put back what this call changed, so a refusal changes nothing.
+			for _, k := range set {
+				if v, had := old[k]; had {
+					_ = unix.Fsetxattr(fd, MetadataPrefix+k, []byte(v), 0)
+				} else {
+					_ = unix.Fremovexattr(fd, MetadataPrefix+k)
+				}
+			}
 			return fmt.Errorf("%w: set %q on %s: %w", ErrMetadata, key, name, metadataErr(err))
 		}
+		set = append(set, key)
 	}
-	names, err := xattrNames(func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) })
-	if err != nil {
-		return fmt.Errorf("list the metadata of %s: %w", name, err)
-	}
-	for _, attr := range names {
-		key, ok := strings.CutPrefix(attr, MetadataPrefix)
-		if _, keep := md[key]; !ok || keep {
+	for key := range old {
+		if _, keep := md[key]; keep {
 			continue
 		}
-		if err := unix.Fremovexattr(fd, attr); err != nil && !errors.Is(err, unix.ENODATA) {
+		if err := unix.Fremovexattr(fd, MetadataPrefix+key); err != nil && !errors.Is(err, unix.ENODATA) {
 			return fmt.Errorf("remove metadata %q from %s: %w", key, name, err)
 		}
 	}

@@ -81,6 +81,18 @@ func TestMetadata(t *testing.T) {
 	if got := stat(p); !reflect.DeepEqual(got, map[string]string{"ok": "1"}) {
 		t.Fatalf("refused replace changed the metadata to %v", got)
 	}
+	// A value the filesystem cannot hold (ext4 keeps a file's attributes
+	// in one block) undoes the keys set before it, whichever order the map
+	// gives them in.
+	for range 10 {
+		err := ReplaceMetadata(f, map[string]string{"ok": "2", "new": "x", "big": strings.Repeat("v", 64<<10)})
+		if !errors.Is(err, ErrMetadata) {
+			t.Fatalf("oversized value: %v, want ErrMetadata", err)
+		}
+		if got := stat(p); !reflect.DeepEqual(got, map[string]string{"ok": "1"}) {
+			t.Fatalf("refused replace changed the metadata to %v", got)
+		}
+	}
 	// The longest key fits.
 	long := strings.Repeat("k", MaxMetadataKey)
 	if err := ReplaceMetadata(f, map[string]string{long: "v"}); err != nil {
