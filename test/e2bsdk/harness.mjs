@@ -32,6 +32,10 @@ const token = process.env.WRENN_E2BSDK_TOKEN
 assert.ok(token, 'WRENN_E2BSDK_TOKEN must carry the access token envd was initialised with')
 const sbx = new Sandbox({ sandboxId: 'debug_sandbox_id', envdVersion: '99.99.99', envdAccessToken: token })
 
+step('isRunning', async () => {
+  assert.equal(await sbx.isRunning(), true)
+})
+
 step('commands.run foreground', async () => {
   const r = await sbx.commands.run('echo out; printf "\\377\\001" >/dev/null; echo err >&2')
   assert.equal(r.exitCode, 0)
