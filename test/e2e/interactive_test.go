@@ -253,6 +253,21 @@ func TestInteractive(t *testing.T) {
 		s.mustDo(http.MethodGet, base+"/files?path=", nil, http.StatusBadRequest, nil)
 	})
 
+	// File metadata (the SDKs' files.write metadata option) lives in user
+	// extended attributes, which the sandbox's overlay keeps.
+	t.Run("file metadata on the overlay", func(t *testing.T) {
+		const p = "/home/wrenn-user/meta.txt"
+		if code, body := metadataUpload(t, s, created.ID, p); code != http.StatusOK || !strings.Contains(body, `"metadata":{"author":"alice"}`) {
+			t.Fatalf("upload with metadata = %d %s", code, body)
+		}
+		if md := envdStat(t, s, created.ID, p).GetMetadata(); md["author"] != "alice" || len(md) != 1 {
+			t.Fatalf("stat metadata = %v", md)
+		}
+		if res := s.exec(created.ID, `python3 -c "import os; print(os.getxattr('`+p+`', 'user.e2b.author').decode())"`); res.Stdout != "alice\n" {
+			t.Fatalf("user.e2b.author inside = %+v", res)
+		}
+	})
+
 	t.Run("metrics", func(t *testing.T) {
 		var m struct {
 			Samples []struct {

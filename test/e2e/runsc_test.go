@@ -64,6 +64,18 @@ func TestSandboxLifecycleRunsc(t *testing.T) {
 		}
 	})
 
+	// gVisor's root overlay has no user extended attributes, so an upload
+	// with metadata is refused with the reason, and leaves no file.
+	t.Run("file metadata refused clearly", func(t *testing.T) {
+		const p = "/home/wrenn-user/meta.txt"
+		if code, body := metadataUpload(t, s, created.ID, p); code != http.StatusBadRequest || !strings.Contains(body, "extended attributes") {
+			t.Fatalf("upload with metadata = %d %s, want 400 naming extended attributes", code, body)
+		}
+		if e := envdStat(t, s, created.ID, p); e != nil {
+			t.Fatalf("refused upload left %v", e)
+		}
+	})
+
 	t.Run("the kernel is gVisor's", func(t *testing.T) {
 		// gVisor's Sentry implements the Linux ABI itself and reports its
 		// own kernel, 4.4.0, whatever the host runs; its boot log (dmesg

@@ -164,7 +164,7 @@ type agentSandboxRecord struct {
 	} `json:"link"`
 }
 
-func agentRecord(b *testing.B, s *stack, sandboxID string) agentSandboxRecord {
+func agentRecord(b testing.TB, s *stack, sandboxID string) agentSandboxRecord {
 	b.Helper()
 	path := filepath.Join(s.dir, "sandboxes", sandboxID, "sandbox.json")
 	data, err := os.ReadFile(path)
