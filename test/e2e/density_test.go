@@ -26,6 +26,10 @@ import (
 // densityMemoryMB is each idle sandbox's memory limit: the API's minimum.
 const densityMemoryMB = 128
 
+// envdSample is how many sandboxes' envd memory the density benchmark
+// reads (each read walks the host's /proc).
+const envdSample = 50
+
 // BenchmarkIdleDensity packs WRENN_BENCH_DENSITY=N idle runc sandboxes on
 // this host and reports what they cost. It is skipped unless the variable
 // is set, so make test and make bench stay fast; run it with -benchtime=1x.
@@ -245,6 +249,13 @@ func BenchmarkIdleDensity(b *testing.B) {
 		usage += u
 		rss += r
 	}
+	// envd's own share: its RSS counts the binary's pages whole in every
+	// sandbox, its PSS splits them between the sandboxes that map them.
+	var envdRSS, envdPSS, envdSampled int
+	for _, sid := range all[:min(len(all), envdSample)] {
+		r, p := sandboxProcMem(b, agentRecord(b, s, sid).Link.NetNSPath, "envd")
+		envdRSS, envdPSS, envdSampled = envdRSS+r, envdPSS+p, envdSampled+1
+	}
 	agentRSS1 := rssBytes(b, s.agent.cmd.Process.Pid)
 	avail1 := memAvailable(b)
 
@@ -262,6 +273,10 @@ func BenchmarkIdleDensity(b *testing.B) {
 		b.ReportMetric((per(float64(usage))+per(growth))/(1<<20), "overhead-MiB/sb")
 		b.ReportMetric(per(float64(avail0)-float64(avail1))/(1<<20), "host-memavail-drop-MiB/sb")
 		b.ReportMetric(float64(procs)/float64(count), "procs/sb")
+		if envdSampled > 0 {
+			b.ReportMetric(float64(envdRSS)/float64(envdSampled)/1024, "envd-rss-MiB")
+			b.ReportMetric(float64(envdPSS)/float64(envdSampled)/1024, "envd-pss-MiB")
+		}
 		b.ReportMetric(idleCPU, "idle-cores")
 		b.ReportMetric(per(idleCPU*100), "idle-cpu-%/sb")
 		b.ReportMetric(agentCPU, "agent-idle-cores")

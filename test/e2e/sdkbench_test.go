@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -348,19 +347,30 @@ func rawFilesThroughput(ctx context.Context, b *testing.B, tr http.RoundTripper,
 	return float64(sdkbench.Size) / (1 << 20) / upS, float64(sdkbench.Size) / (1 << 20) / downS
 }
 
-// sandboxRSS returns VmRSS in KiB of the process named exe in the network
-// namespace at netnsPath (the sandbox's), read from the host's /proc.
+// sandboxRSS returns the resident memory in KiB of the process named exe in
+// the network namespace at netnsPath (the sandbox's), read from the host's
+// /proc.
 func sandboxRSS(b *testing.B, netnsPath, exe string) int {
 	b.Helper()
+	rss, _ := sandboxProcMem(b, netnsPath, exe)
+	return rss
+}
+
+// sandboxProcMem returns the Rss and Pss in KiB (smaps_rollup) of the one
+// process named exe in the network namespace at netnsPath. Pss splits each
+// shared page between the processes that map it: the envd binary's pages,
+// shared by every sandbox of a template, count once across them.
+func sandboxProcMem(t testing.TB, netnsPath, exe string) (rss, pss int) {
+	t.Helper()
 	var want syscall.Stat_t
 	if err := syscall.Stat(netnsPath, &want); err != nil {
-		b.Fatalf("stat the sandbox's netns: %v", err)
+		t.Fatalf("stat the sandbox's netns: %v", err)
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	found := -1
+	found := false
 	for _, ent := range ents {
 		if _, err := strconv.Atoi(ent.Name()); err != nil {
 			continue
@@ -369,31 +379,33 @@ func sandboxRSS(b *testing.B, netnsPath, exe string) int {
 		if syscall.Stat(filepath.Join("/proc", ent.Name(), "ns", "net"), &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
 			continue
 		}
-		f, err := os.Open(filepath.Join("/proc", ent.Name(), "status"))
+		comm, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != exe {
+			continue
+		}
+		rollup, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "smaps_rollup"))
 		if err != nil {
-			continue
+			continue // exited meanwhile
 		}
-		name, rss := "", -1
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "Name:"); ok {
-				name = strings.TrimSpace(v)
+		if found {
+			t.Fatalf("more than one %q in the sandbox", exe)
+		}
+		found = true
+		for line := range strings.Lines(string(rollup)) {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
 			}
-			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-				rss, _ = strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			switch f[0] {
+			case "Rss:":
+				rss, _ = strconv.Atoi(f[1])
+			case "Pss:":
+				pss, _ = strconv.Atoi(f[1])
 			}
 		}
-		f.Close()
-		if name != exe {
-			continue
-		}
-		if found >= 0 {
-			b.Fatalf("more than one %q in the sandbox", exe)
-		}
-		found = rss
 	}
-	if found < 0 {
-		b.Fatalf("no process %q in the sandbox", exe)
+	if !found {
+		t.Fatalf("no process %q in the sandbox", exe)
 	}
-	return found
+	return rss, pss
 }
