@@ -45,6 +45,8 @@ func watchError(err error) error {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, watch.ErrLimit):
 		return connect.NewError(connect.CodeResourceExhausted, err)
+	case errors.Is(err, watch.ErrNetworkFS):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
 	default:
 		return fsError(err)
 	}
@@ -90,16 +92,12 @@ func (f *filesystemService) newWatcher(h http.Header, path string, recursive, al
 				return nil, err
 			}
 			if netfs != "" {
-				return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s is on a network filesystem (%s), where changes made elsewhere raise no events; set allow_network_mounts (allowNetworkMounts in the SDKs) to watch it anyway", p, netfs))
+				return nil, fmt.Errorf("%s is on a %w (%s), where changes made elsewhere raise no events; set allow_network_mounts (allowNetworkMounts in the SDKs) to watch it anyway", p, watch.ErrNetworkFS, netfs)
 			}
 		}
 		return watch.New(p, recursive)
 	})
 	if err != nil {
-		var ce *connect.Error
-		if errors.As(err, &ce) {
-			return nil, ce
-		}
 		return nil, watchError(err)
 	}
 	return w, nil

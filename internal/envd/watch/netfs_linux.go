@@ -1,10 +1,15 @@
 package watch
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
 )
+
+// ErrNetworkFS marks a directory on a network filesystem that the caller
+// did not allow watching.
+var ErrNetworkFS = errors.New("network filesystem")
 
 // networkFilesystems are the filesystems whose changes inotify sees only
 // when they are made through this machine: a file another client of the
