@@ -66,8 +66,8 @@ func (t *Target) Median(key string) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-// Size is the file size of the throughput figures, and Pattern fills a
-// buffer with the bytes of that file: bench.mjs writes the same.
+// Size is the file size of the throughput figures; bench.mjs moves as many
+// bytes.
 const Size = 64 << 20
 
 // Pattern returns Size bytes, zero but for byte(i) at every multiple i of
