@@ -578,13 +578,32 @@ func TestKeepalive(t *testing.T) {
 	for _, proto := range protocols[:3] {
 		t.Run(proto.name, func(t *testing.T) {
 			t.Parallel()
-			req := startReq("sleep", "0.7")
+			// Three keepalives on a quiet stream at 0.1 s intervals, however
+			// slow a loaded machine makes them come, then the process goes.
+			c := proto.client(e.url)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			req := startReq("sleep", "60")
 			req.Header().Set(KeepaliveHeader, "0.1")
-			r := run(t, proto.client(e.url), req)
-			if r.keepalives < 3 {
-				t.Fatalf("%d keepalive events in 0.7 s at 0.1 s intervals", r.keepalives)
+			s, err := c.Start(ctx, req)
+			if err != nil {
+				t.Fatal(err)
 			}
-			quiet := run(t, proto.client(e.url), startReq("sleep", "0.3"))
+			pid := firstEvent(t, s)
+			r := &result{pid: pid}
+			for r.keepalives < 3 && s.Receive() {
+				r.add(t, s.Msg().GetEvent())
+			}
+			if r.keepalives < 3 || r.end != nil {
+				t.Fatalf("%d keepalive events, end %v, stream error %v", r.keepalives, r.end, s.Err())
+			}
+			if _, err := c.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{Process: sel(pid), Signal: pb.Signal_SIGNAL_SIGKILL})); err != nil {
+				t.Fatal(err)
+			}
+			if r := collect(t, s, pid); r.end == nil {
+				t.Fatal("no end event after SIGKILL")
+			}
+			quiet := run(t, c, startReq("sleep", "0.3"))
 			if quiet.keepalives != 0 {
 				t.Fatalf("%d keepalives with the 50 s default", quiet.keepalives)
 			}
