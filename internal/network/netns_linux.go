@@ -52,41 +52,22 @@ func createNetNS(path string) (err error) {
 		}
 	}()
 
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open current netns: %w", err)
-			return
-		}
-		defer orig.Close()
+	unshare := func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			// Still in the original namespace: the thread is clean.
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare netns: %w", err)
-			return
+			return fmt.Errorf("unshare netns: %w", err) // still in the original namespace
 		}
+		return nil
+	}
+	return onNetNSThread(unshare, func() error {
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		setupErr := unix.Mount(src, path, "none", unix.MS_BIND, "")
-		if setupErr != nil {
-			setupErr = fmt.Errorf("bind netns to %s: %w", path, setupErr)
-		} else {
-			// Sandboxes get IPv4 only: with IPv6 on, the guest would have a
-			// link-local route to the host that the IPv4 guard does not see.
-			// /proc/sys/net shows the namespace of the thread that opens it.
-			setupErr = disableIPv6("all", "default")
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind netns to %s: %w", path, err)
 		}
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- errors.Join(setupErr, fmt.Errorf("return to host netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- setupErr
-	}()
-	return <-errc
+		// Sandboxes get IPv4 only: with IPv6 on, the guest would have a
+		// link-local route to the host that the IPv4 guard does not see.
+		// /proc/sys/net shows the namespace of the thread that opens it.
+		return disableIPv6("all", "default")
+	})
 }
 
 // disableIPv6 turns IPv6 off on the named interfaces (or "all"/"default") of
@@ -121,9 +102,28 @@ func deleteNetNS(path string) error {
 }
 
 // inNetNS runs fn on a thread of its own that has entered the namespace at
-// path. The thread goes back to the original namespace before it is
-// unlocked, and is discarded if it cannot.
+// path.
 func inNetNS(path string, fn func() error) error {
+	enter := func() error {
+		target, err := netns.GetFromPath(path)
+		if err != nil {
+			return fmt.Errorf("open netns %s: %w", path, err)
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("enter netns %s: %w", path, err)
+		}
+		return nil
+	}
+	return onNetNSThread(enter, fn)
+}
+
+// onNetNSThread runs enter, then fn, on a locked thread of their own. enter
+// moves the thread into a network namespace and, when it fails, leaves it
+// where it was. The thread goes back to its original namespace before it is
+// unlocked, and is discarded (left locked, so it dies with the goroutine)
+// if it cannot; that failure is joined to fn's error.
+func onNetNSThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -134,22 +134,17 @@ func inNetNS(path string, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			errc <- err
 			return
 		}
 		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
+		if rerr := netns.Set(orig); rerr != nil {
+			errc <- errors.Join(err, fmt.Errorf("return to the original netns: %w", rerr))
+			return
 		}
+		runtime.UnlockOSThread()
 		errc <- err
 	}()
 	return <-errc
