@@ -124,58 +124,48 @@ func metadataErr(err error) error {
 	return err
 }
 
-// xattrNames calls list with a buffer large enough for the attribute names
-// and splits them. A list that grew between the size query and the read is
-// asked again.
+// xattrNames returns the attribute names list reads; a filesystem without
+// extended attributes has none.
 func xattrNames(list func([]byte) (int, error)) ([]string, error) {
-	for {
-		size, err := list(nil)
-		if err != nil {
-			if errors.Is(err, unix.ENOTSUP) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		if size == 0 {
-			return nil, nil
-		}
-		buf := make([]byte, size)
-		n, err := list(buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		var names []string
-		for name := range bytes.SplitSeq(buf[:n], []byte{0}) {
-			if len(name) > 0 {
-				names = append(names, string(name))
-			}
-		}
-		return names, nil
+	buf, err := xattrRead(list)
+	if errors.Is(err, unix.ENOTSUP) {
+		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for name := range bytes.SplitSeq(buf, []byte{0}) {
+		if len(name) > 0 {
+			names = append(names, string(name))
+		}
+	}
+	return names, nil
 }
 
-// xattrValue calls get with a buffer large enough for the value, asking
-// again when the value grew in between.
+// xattrValue returns the attribute value get reads.
 func xattrValue(get func([]byte) (int, error)) (string, error) {
+	buf, err := xattrRead(get)
+	return string(buf), err
+}
+
+// xattrRead calls call with a buffer as large as it asks for: first with
+// none (the size query), then with that size, and again from the start
+// when what it reads grew in between (ERANGE).
+func xattrRead(call func([]byte) (int, error)) ([]byte, error) {
 	for {
-		size, err := get(nil)
-		if err != nil {
-			return "", err
-		}
-		if size == 0 {
-			return "", nil
+		size, err := call(nil)
+		if err != nil || size == 0 {
+			return nil, err
 		}
 		buf := make([]byte, size)
-		n, err := get(buf)
+		n, err := call(buf)
 		if errors.Is(err, unix.ERANGE) {
 			continue
 		}
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		return string(buf[:n]), nil
+		return buf[:n], nil
 	}
 }
