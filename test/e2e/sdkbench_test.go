@@ -102,11 +102,11 @@ func BenchmarkE2BSDKInSandbox(b *testing.B) {
 	// before it served anything else: Wrenn's before it uploads and starts
 	// E2B's.
 	time.Sleep(time.Second)
-	targets[0].IdleKiB = sandboxRSS(b, rec.Link.NetNSPath, "envd")
+	targets[0].IdleKiB, _ = sandboxProcMem(b, rec.Link.NetNSPath, "envd")
 	if e2bBin != "" {
 		targets = append(targets, startE2BEnvdIn(ctx, b, wc, e2bBin, rec.Link.GuestIP, rec.Token))
 		time.Sleep(time.Second)
-		targets[1].IdleKiB = sandboxRSS(b, rec.Link.NetNSPath, e2bEnvdExe)
+		targets[1].IdleKiB, _ = sandboxProcMem(b, rec.Link.NetNSPath, e2bEnvdExe)
 	} else {
 		b.Logf("%s is not set: measuring Wrenn's envd only (set it to a built E2B envd to compare; see docs/architecture.md)", sdkbench.E2BEnvdVar)
 	}
@@ -345,15 +345,6 @@ func rawFilesThroughput(ctx context.Context, b *testing.B, tr http.RoundTripper,
 		b.Fatalf("raw download from %s: %s, %d bytes, %v", url, resp.Status, n, err)
 	}
 	return float64(sdkbench.Size) / (1 << 20) / upS, float64(sdkbench.Size) / (1 << 20) / downS
-}
-
-// sandboxRSS returns the resident memory in KiB of the process named exe in
-// the network namespace at netnsPath (the sandbox's), read from the host's
-// /proc.
-func sandboxRSS(b *testing.B, netnsPath, exe string) int {
-	b.Helper()
-	rss, _ := sandboxProcMem(b, netnsPath, exe)
-	return rss
 }
 
 // sandboxProcMem returns the Rss and Pss in KiB (smaps_rollup) of the one
